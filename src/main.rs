@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(csm_parity::cli::main());
+}
