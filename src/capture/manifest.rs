@@ -92,3 +92,55 @@ pub struct Timings {
     pub total_ms: f64,
     pub mean_frame_ms: f64,
 }
+
+impl Manifest {
+    /// A manifest with placeholder values for a run written by a test, a script or a foreign
+    /// pipeline; fill in what you know. [`crate::capture::RunWriter`] sets format, status,
+    /// frames, codebooks, vocab and the storage fields itself.
+    pub fn example(backend: &str) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.to_string(),
+            format_version: FORMAT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            status: "partial".to_string(),
+            backend: BackendInfo {
+                name: backend.to_string(),
+                library_version: "unknown".to_string(),
+                device: "cpu".to_string(),
+                dtype: "f32".to_string(),
+                fault: None,
+            },
+            model: ModelInfo {
+                kind: "csm".to_string(),
+                path: String::new(),
+                layout: "original".to_string(),
+                sha256: String::new(),
+                config: serde_json::Value::Null,
+            },
+            prompt: PromptInfo {
+                text: String::new(),
+                speaker: 0,
+                token_ids: Vec::new(),
+            },
+            sampler: SamplerInfo {
+                mode: "independent".to_string(),
+                noise: "shared".to_string(),
+                temperature: 1.0,
+                top_k: 0,
+                top_p: None,
+                min_p: None,
+                seed: 0,
+                post: "none".to_string(),
+                reference: "torch".to_string(),
+            },
+            frames: 0,
+            codebooks: 0,
+            vocab: 0,
+            logits_storage: "none".to_string(),
+            probs_storage: "none".to_string(),
+            stop_reason: String::new(),
+            timings: Timings::default(),
+            output_text: None,
+        }
+    }
+}
