@@ -11,8 +11,13 @@ fn main() {
         }
     }
     if env::var_os("CARGO_FEATURE_TORCH").is_some() {
+        let mut version = "unknown".to_string();
         if let Ok(dir) = env::var("LIBTORCH") {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
+            if let Ok(v) = std::fs::read_to_string(format!("{dir}/build-version")) {
+                version = v.trim().to_string();
+            }
         }
+        println!("cargo:rustc-env=CSM_PARITY_LIBTORCH_VERSION={version}");
     }
 }

@@ -20,7 +20,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 apt_missing=()
 if [ "$(uname -s)" = Linux ]; then
   command -v cmake >/dev/null 2>&1 || apt_missing+=(cmake)
-  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  # bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
     apt_missing+=(libclang-dev)
   fi
   if [ ${#apt_missing[@]} -gt 0 ]; then

@@ -13,3 +13,7 @@ pub mod model;
 pub mod report;
 pub mod sampling;
 pub mod util;
+pub mod conform;
+pub mod inspect;
+pub mod runner;
+pub mod verify;

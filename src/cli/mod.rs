@@ -1,7 +1,9 @@
 //! Thin clap front-end: each subcommand lives in its own module.
 use clap::{Parser, Subcommand};
 
+pub mod common;
 pub mod diff;
+pub mod model_cmds;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,6 +19,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write the deterministic tiny CSM fixture (weights, config, tokenizer).
+    Fixture(model_cmds::FixtureArgs),
+    /// Load a model in both backends, generate greedily, and check logits agree and KV caches are exact.
+    Verify(model_cmds::VerifyArgs),
+    /// Show a checkpoint's layout, architecture, parameter count, dtype and what is missing or extra.
+    Inspect(model_cmds::InspectArgs),
+    /// Check both backends against reference logits from another implementation (e.g. transformers).
+    Conform(model_cmds::ConformArgs),
     /// Compare two run directories (or one capture directory holding torch/ and mlx/).
     Diff(diff::DiffArgs),
 }
@@ -26,6 +36,10 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Fixture(a) => model_cmds::run_fixture(a),
+        Command::Verify(a) => model_cmds::run_verify(a),
+        Command::Inspect(a) => model_cmds::run_inspect(a),
+        Command::Conform(a) => model_cmds::run_conform(a),
         Command::Diff(args) => diff::run(args),
     };
     match result {

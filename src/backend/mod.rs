@@ -1,0 +1,103 @@
+//! The `Backend` trait: one CSM pipeline (MLX or libtorch) that turns backbone input frames
+//! into one audio frame at a time, sampling on-device, with KV caches.
+use crate::capture::BackendInfo;
+use crate::model::{CsmModel, DType, Frames};
+use crate::sampling::SamplerSpec;
+use anyhow::{bail, Result};
+
+#[cfg(feature = "mlx")]
+pub mod mlx;
+#[cfg(feature = "torch")]
+pub mod torch;
+
+/// Which library computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Mlx,
+    Torch,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Mlx => "mlx",
+            BackendKind::Torch => "torch",
+        }
+    }
+    /// The backends compiled into this build.
+    pub fn available() -> Vec<BackendKind> {
+        let mut v = Vec::new();
+        if cfg!(feature = "torch") {
+            v.push(BackendKind::Torch);
+        }
+        if cfg!(feature = "mlx") {
+            v.push(BackendKind::Mlx);
+        }
+        v
+    }
+}
+
+/// What to record of a frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Record {
+    pub logits: bool,
+    pub probs: bool,
+}
+
+/// One `generate_frame` call.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRequest<'a> {
+    /// The new backbone positions: the prompt for frame 0, the previous frame after that.
+    pub input: &'a Frames,
+    pub sampler: &'a SamplerSpec,
+    /// Shared-noise uniforms for this frame, `codebooks × vocab` (None: greedy or native noise).
+    pub uniforms: Option<&'a [f32]>,
+    /// Teacher forcing: feed these tokens (one per codebook) instead of the sampled ones.
+    pub forced: Option<&'a [i32]>,
+    pub record: Record,
+}
+
+/// What a frame produced, copied to the host once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameOutput {
+    /// The tokens this backend's sampler chose (also under teacher forcing).
+    pub sampled: Vec<i32>,
+    /// Raw logits `codebooks × vocab` (f32), when recorded.
+    pub logits: Option<Vec<f32>>,
+    /// Sampler probabilities after temperature and top-k, when recorded.
+    pub probs: Option<Vec<f32>>,
+}
+
+/// One CSM pipeline.
+pub trait Backend {
+    fn info(&self) -> BackendInfo;
+    /// Clears the KV caches and the position; reseeds the native RNG.
+    fn reset(&mut self, seed: u64) -> Result<()>;
+    /// Runs the backbone over `req.input` (KV-cached), then codebook 0 and the depth decoder.
+    fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput>;
+    /// Logits of each frame recomputed without caches: one backbone pass over `prefix` and
+    /// all `frames` (codebook 0 from each frame's preceding position), and one depth-decoder
+    /// pass per frame over its tokens. Each item is `codebooks × vocab`.
+    fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>>;
+    /// Backbone position (number of positions in the cache).
+    fn position(&self) -> usize;
+}
+
+/// Loads `model` into the backend `kind` computing in `dtype`.
+pub fn load(kind: BackendKind, model: &CsmModel, dtype: DType) -> Result<Box<dyn Backend>> {
+    match kind {
+        #[cfg(feature = "torch")]
+        BackendKind::Torch => Ok(Box::new(torch::TorchCsm::load(model, dtype)?)),
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => Ok(Box::new(mlx::MlxCsm::load(model, dtype)?)),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (model, dtype);
+            bail!(
+                "backend {} is not compiled into this build (cargo feature `{}`)",
+                other.name(),
+                other.name()
+            )
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Arguments and helpers shared by several commands.
+use crate::backend::BackendKind;
+use crate::model::{fixture, CsmModel, DType};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Both,
+    Mlx,
+    Torch,
+}
+
+impl BackendChoice {
+    /// The backends to run, reference (torch) first; errors when one is not compiled in.
+    pub fn kinds(self) -> Result<Vec<BackendKind>> {
+        let want = match self {
+            BackendChoice::Both => vec![BackendKind::Torch, BackendKind::Mlx],
+            BackendChoice::Mlx => vec![BackendKind::Mlx],
+            BackendChoice::Torch => vec![BackendKind::Torch],
+        };
+        let have = BackendKind::available();
+        for k in &want {
+            if !have.contains(k) {
+                bail!("--backend {}: this build lacks the `{}` feature (rebuild with default features)", k.name(), k.name());
+            }
+        }
+        Ok(want)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json). Default: the bundled
+    /// tiny fixture (fixtures/tiny-csm), made on first use.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Compute dtype of both backends.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: DType,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+impl ModelArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(d) => {
+                if !d.is_dir() {
+                    bail!("--model {}: not a directory", d.display());
+                }
+                Ok(d.clone())
+            }
+            None => fixture::ensure_default_fixture(),
+        }
+    }
+    pub fn load(&self) -> Result<CsmModel> {
+        CsmModel::load(&self.dir()?)
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! `fixture`, `verify`, `inspect`, `conform`.
+use super::common::{print_json, BackendChoice, ModelArgs};
+use crate::model::{fixture, Layout};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct FixtureArgs {
+    /// Directory to write config.json, model.safetensors and tokenizer.json into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the deterministic weights (same seed → byte-identical files).
+    #[arg(long, default_value_t = fixture::DEFAULT_SEED)]
+    pub seed: u64,
+}
+
+pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
+    fixture::write_fixture(&a.out, a.seed)?;
+    println!("wrote the tiny CSM fixture (seed {}) to {}", a.seed, a.out.display());
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Audio frames to generate after the prompt.
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    /// Prompt text.
+    #[arg(long, default_value = "Hello from csm-parity.")]
+    pub text: String,
+    #[arg(long, default_value_t = 0)]
+    pub speaker: u32,
+    /// Which backends (with one, only its cache parity is checked).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
+    pub backend: BackendChoice,
+    /// Largest |mlx − torch| logit allowed.
+    #[arg(long, default_value_t = 1e-4)]
+    pub atol: f64,
+    /// Largest |cached − recomputed| logit allowed.
+    #[arg(long, default_value_t = 1e-5)]
+    pub cache_atol: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_verify(a: VerifyArgs) -> Result<i32> {
+    let model = a.model.load()?;
+    let opts = crate::verify::VerifyOptions {
+        frames: a.frames,
+        dtype: a.model.dtype,
+        text: a.text,
+        speaker: a.speaker,
+        backends: a.backend.kinds()?,
+        atol: a.atol,
+        cache_atol: a.cache_atol,
+    };
+    let report = crate::verify::verify(&model, &opts)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.passed { 0 } else { 1 })
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Model directory (config.json + model.safetensors or shards).
+    pub model: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_inspect(a: InspectArgs) -> Result<i32> {
+    let ins = crate::inspect::inspect(&a.model)?;
+    if a.json {
+        print_json(&ins)?;
+    } else {
+        print!("{}", ins.render());
+    }
+    Ok(if ins.ok { 0 } else { 1 })
+}
+
+#[derive(Debug, Args)]
+pub struct ConformArgs {
+    /// Conformance case directory (prompt_ids.npy, frames.npy, c0_logits.npy, depth_logits.npy,
+    /// original/ and/or hf/).
+    pub case: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
+    pub backend: BackendChoice,
+    /// Only this layout's model folder (default: every one present).
+    #[arg(long, value_parser = parse_layout)]
+    pub layout: Option<Layout>,
+    /// Largest |ours − reference| logit allowed.
+    #[arg(long, default_value_t = 1e-4)]
+    pub atol: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+pub fn run_conform(a: ConformArgs) -> Result<i32> {
+    let layouts = a.layout.map(|l| vec![l]);
+    let report = crate::conform::conform(&a.case, &a.backend.kinds()?, layouts.as_deref(), a.atol)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.conforms { 0 } else { 1 })
+}

@@ -1,0 +1,415 @@
+//! CSM configuration: the two Llama flavours (backbone, depth decoder), audio and text vocab.
+//!
+//! Three on-disk forms are read: the original flat form (`backbone`/`decoder` objects with every
+//! flavour number, as in the conformance case's `original/config.json`), Sesame's named flavours
+//! (`backbone_flavor: "llama-1B"`, `decoder_flavor: "llama-100M"`), and transformers' `config.json`
+//! (`model_type: "csm"`, `depth_decoder_config`, `rope_parameters` / `rope_scaling`).
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// Llama-3 frequency scaling of RoPE (`rope_type: llama3`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+impl RopeScaling {
+    /// The scaling of Llama-3.2 (and CSM): factor 32, low 1, high 4, original context 8192.
+    pub const LLAMA32: RopeScaling = RopeScaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+}
+
+/// One Llama transformer stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaFlavor {
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub embed_dim: usize,
+    pub head_dim: usize,
+    pub intermediate_dim: usize,
+    pub norm_eps: f64,
+    pub rope_base: f64,
+    /// `None`: plain RoPE (transformers' `rope_type: default`).
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_seq_len: usize,
+}
+
+impl LlamaFlavor {
+    /// Llama-3.2-1B as CSM's backbone uses it.
+    pub fn llama_1b() -> Self {
+        Self::named(16, 32, 8, 2048, 8192)
+    }
+    /// Llama-100M, CSM's depth decoder.
+    pub fn llama_100m() -> Self {
+        Self::named(4, 8, 2, 1024, 8192)
+    }
+    fn named(layers: usize, heads: usize, kv: usize, dim: usize, mlp: usize) -> Self {
+        LlamaFlavor {
+            num_layers: layers,
+            num_heads: heads,
+            num_kv_heads: kv,
+            embed_dim: dim,
+            head_dim: dim / heads,
+            intermediate_dim: mlp,
+            norm_eps: 1e-5,
+            rope_base: 500_000.0,
+            rope_scaling: Some(RopeScaling::LLAMA32),
+            max_seq_len: 2048,
+        }
+    }
+    pub fn from_flavor_name(name: &str) -> Result<Self> {
+        match name {
+            "llama-1B" => Ok(Self::llama_1b()),
+            "llama-100M" => Ok(Self::llama_100m()),
+            other => bail!("unknown Llama flavour {other:?} (expected \"llama-1B\" or \"llama-100M\")"),
+        }
+    }
+
+    /// RoPE inverse frequencies for the `head_dim / 2` rotated pairs, Llama-3 scaling applied
+    /// (transformers' `_compute_llama3_parameters`, torchtune's `Llama3ScaledRoPE`).
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim as f64;
+        (0..self.head_dim / 2)
+            .map(|i| {
+                let inv = 1.0 / self.rope_base.powf((2 * i) as f64 / dim);
+                let Some(s) = self.rope_scaling else {
+                    return inv as f32;
+                };
+                let low_wavelen = s.original_max_position_embeddings as f64 / s.low_freq_factor;
+                let high_wavelen = s.original_max_position_embeddings as f64 / s.high_freq_factor;
+                let wavelen = 2.0 * std::f64::consts::PI / inv;
+                let scaled = if wavelen < high_wavelen {
+                    inv
+                } else if wavelen > low_wavelen {
+                    inv / s.factor
+                } else {
+                    let smooth = (s.original_max_position_embeddings as f64 / wavelen
+                        - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * inv / s.factor + smooth * inv
+                };
+                scaled as f32
+            })
+            .collect()
+    }
+
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let ok = self.num_layers > 0
+            && self.num_heads > 0
+            && self.num_kv_heads > 0
+            && self.num_heads % self.num_kv_heads == 0
+            && self.head_dim > 0
+            && self.head_dim % 2 == 0
+            && self.embed_dim > 0
+            && self.intermediate_dim > 0;
+        if !ok {
+            bail!(
+                "{what}: inconsistent flavour (layers {}, heads {}, kv heads {}, head dim {}, dim {}): \
+                 heads must be a multiple of kv heads and head dim even and positive",
+                self.num_layers,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                self.embed_dim
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The whole CSM model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CsmConfig {
+    pub audio_num_codebooks: usize,
+    pub audio_vocab_size: usize,
+    pub text_vocab_size: usize,
+    pub backbone: LlamaFlavor,
+    pub decoder: LlamaFlavor,
+}
+
+impl CsmConfig {
+    /// Sesame's CSM-1B.
+    pub fn csm_1b() -> Self {
+        CsmConfig {
+            audio_num_codebooks: 32,
+            audio_vocab_size: 2051,
+            text_vocab_size: 128_256,
+            backbone: LlamaFlavor::llama_1b(),
+            decoder: LlamaFlavor::llama_100m(),
+        }
+    }
+
+    /// The tiny fixture: same architecture, 2+2 layers, small dims, 8 codebooks, 264 text ids.
+    pub fn tiny() -> Self {
+        let small = |layers, heads, kv, dim: usize, mlp| LlamaFlavor {
+            num_layers: layers,
+            num_heads: heads,
+            num_kv_heads: kv,
+            embed_dim: dim,
+            head_dim: dim / heads,
+            intermediate_dim: mlp,
+            norm_eps: 1e-5,
+            rope_base: 500_000.0,
+            rope_scaling: Some(RopeScaling::LLAMA32),
+            max_seq_len: 2048,
+        };
+        CsmConfig {
+            audio_num_codebooks: 8,
+            audio_vocab_size: 2051,
+            text_vocab_size: 264,
+            backbone: small(2, 4, 2, 64, 256),
+            decoder: small(2, 4, 2, 32, 128),
+        }
+    }
+
+    /// Frame width: the audio codebooks plus the text column.
+    pub fn frame_width(&self) -> usize {
+        self.audio_num_codebooks + 1
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.backbone.validate("backbone")?;
+        self.decoder.validate("decoder")?;
+        if self.audio_num_codebooks < 2 || self.audio_vocab_size == 0 || self.text_vocab_size == 0 {
+            bail!("config: need at least 2 audio codebooks and non-empty vocabularies");
+        }
+        Ok(())
+    }
+
+    /// Parameter count of the tensors the model holds.
+    pub fn parameter_count(&self) -> usize {
+        crate::model::weights::expected_tensors(self)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Serialized in the original flat form (what `fixture` writes and `inspect --json` shows).
+    pub fn to_original_json(&self) -> Value {
+        let flavor = |f: &LlamaFlavor| {
+            let s = f.rope_scaling;
+            serde_json::json!({
+                "num_layers": f.num_layers,
+                "num_heads": f.num_heads,
+                "num_kv_heads": f.num_kv_heads,
+                "embed_dim": f.embed_dim,
+                "intermediate_dim": f.intermediate_dim,
+                "norm_eps": f.norm_eps,
+                "rope_base": f.rope_base,
+                "use_scaled_rope": s.is_some(),
+                "scale_factor": s.map_or(1.0, |s| s.factor),
+                "low_freq_factor": s.map_or(1.0, |s| s.low_freq_factor),
+                "high_freq_factor": s.map_or(4.0, |s| s.high_freq_factor),
+                "old_context_len": s.map_or(8192, |s| s.original_max_position_embeddings),
+                "max_seq_len": f.max_seq_len,
+            })
+        };
+        serde_json::json!({
+            "audio_num_codebooks": self.audio_num_codebooks,
+            "audio_vocab_size": self.audio_vocab_size,
+            "text_vocab_size": self.text_vocab_size,
+            "backbone": flavor(&self.backbone),
+            "decoder": flavor(&self.decoder),
+        })
+    }
+
+    /// Reads `config.json` in any of the three forms. `what` names the file in errors.
+    pub fn from_json(v: &Value, what: &str) -> Result<Self> {
+        let cfg = if v.get("model_type").and_then(Value::as_str) == Some("csm") {
+            Self::from_hf(v).with_context(|| format!("{what}: transformers CSM config"))?
+        } else {
+            Self::from_original(v).with_context(|| format!("{what}: original CSM config"))?
+        };
+        cfg.validate().with_context(|| what.to_string())?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Self::from_json(&v, &path.display().to_string())
+    }
+
+    fn from_original(v: &Value) -> Result<Self> {
+        let flavor = |key: &str, named: &str| -> Result<LlamaFlavor> {
+            if let Some(obj) = v.get(key).filter(|o| o.is_object()) {
+                return parse_flat_flavor(obj).with_context(|| format!("in \"{key}\""));
+            }
+            match v.get(named).and_then(Value::as_str) {
+                Some(name) => LlamaFlavor::from_flavor_name(name),
+                None => bail!("missing \"{key}\" (an object of flavour numbers) or \"{named}\""),
+            }
+        };
+        Ok(CsmConfig {
+            audio_num_codebooks: get_usize(v, "audio_num_codebooks")?,
+            audio_vocab_size: get_usize(v, "audio_vocab_size")?,
+            text_vocab_size: get_usize(v, "text_vocab_size")?,
+            backbone: flavor("backbone", "backbone_flavor")?,
+            decoder: flavor("decoder", "decoder_flavor")?,
+        })
+    }
+
+    fn from_hf(v: &Value) -> Result<Self> {
+        let dd = v
+            .get("depth_decoder_config")
+            .context("missing \"depth_decoder_config\"")?;
+        let cfg = CsmConfig {
+            audio_num_codebooks: get_usize(v, "num_codebooks")?,
+            audio_vocab_size: get_usize(v, "vocab_size")?,
+            text_vocab_size: get_usize(v, "text_vocab_size")?,
+            backbone: parse_hf_flavor(v).context("backbone")?,
+            decoder: parse_hf_flavor(dd).context("depth_decoder_config")?,
+        };
+        if let Some(n) = dd.get("num_codebooks").and_then(Value::as_u64) {
+            if n as usize != cfg.audio_num_codebooks {
+                bail!("depth_decoder_config.num_codebooks {n} differs from num_codebooks {}", cfg.audio_num_codebooks);
+            }
+        }
+        if v.get("tie_codebooks_embeddings").and_then(Value::as_bool) == Some(false) {
+            bail!("tie_codebooks_embeddings = false is not supported (CSM shares the audio embedding between backbone and depth decoder)");
+        }
+        Ok(cfg)
+    }
+}
+
+fn get_usize(v: &Value, key: &str) -> Result<usize> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .with_context(|| format!("missing or non-integer \"{key}\""))
+}
+
+fn get_f64(v: &Value, key: &str) -> Result<f64> {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .with_context(|| format!("missing or non-numeric \"{key}\""))
+}
+
+fn parse_flat_flavor(v: &Value) -> Result<LlamaFlavor> {
+    let heads = get_usize(v, "num_heads")?;
+    let dim = get_usize(v, "embed_dim")?;
+    let use_scaled = v.get("use_scaled_rope").and_then(Value::as_bool).unwrap_or(true);
+    let factor = v.get("scale_factor").and_then(Value::as_f64).unwrap_or(32.0);
+    let scaling = (use_scaled && v.get("scale_factor").is_some_and(|f| !f.is_null())).then(|| {
+        Ok::<_, anyhow::Error>(RopeScaling {
+            factor,
+            low_freq_factor: get_f64(v, "low_freq_factor")?,
+            high_freq_factor: get_f64(v, "high_freq_factor")?,
+            original_max_position_embeddings: get_usize(v, "old_context_len")?,
+        })
+    });
+    Ok(LlamaFlavor {
+        num_layers: get_usize(v, "num_layers")?,
+        num_heads: heads,
+        num_kv_heads: get_usize(v, "num_kv_heads")?,
+        embed_dim: dim,
+        head_dim: v.get("head_dim").and_then(Value::as_u64).map_or(dim / heads.max(1), |h| h as usize),
+        intermediate_dim: get_usize(v, "intermediate_dim")?,
+        norm_eps: get_f64(v, "norm_eps")?,
+        rope_base: get_f64(v, "rope_base")?,
+        rope_scaling: scaling.transpose()?,
+        max_seq_len: get_usize(v, "max_seq_len")?,
+    })
+}
+
+fn parse_hf_flavor(v: &Value) -> Result<LlamaFlavor> {
+    let heads = get_usize(v, "num_attention_heads")?;
+    let dim = get_usize(v, "hidden_size")?;
+    // transformers 5 writes `rope_parameters` (theta inside); 4.x wrote `rope_theta` + `rope_scaling`.
+    let params = v
+        .get("rope_parameters")
+        .filter(|p| p.is_object())
+        .or_else(|| v.get("rope_scaling").filter(|p| p.is_object()));
+    let theta = params
+        .and_then(|p| p.get("rope_theta"))
+        .or_else(|| v.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .unwrap_or(10_000.0);
+    let scaling = match params {
+        None => None,
+        Some(p) => {
+            let kind = p
+                .get("rope_type")
+                .or_else(|| p.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            match kind {
+                "default" => None,
+                "llama3" => Some(RopeScaling {
+                    factor: get_f64(p, "factor")?,
+                    low_freq_factor: get_f64(p, "low_freq_factor")?,
+                    high_freq_factor: get_f64(p, "high_freq_factor")?,
+                    original_max_position_embeddings: get_usize(p, "original_max_position_embeddings")?,
+                }),
+                other => bail!("rope_type {other:?} is not supported (expected \"llama3\" or \"default\")"),
+            }
+        }
+    };
+    Ok(LlamaFlavor {
+        num_layers: get_usize(v, "num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads: v.get("num_key_value_heads").and_then(Value::as_u64).map_or(heads, |n| n as usize),
+        embed_dim: dim,
+        head_dim: v.get("head_dim").and_then(Value::as_u64).map_or(dim / heads.max(1), |h| h as usize),
+        intermediate_dim: get_usize(v, "intermediate_size")?,
+        norm_eps: get_f64(v, "rms_norm_eps")?,
+        rope_base: theta,
+        rope_scaling: scaling,
+        max_seq_len: v.get("max_position_embeddings").and_then(Value::as_u64).map_or(2048, |n| n as usize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csm_1b_parameter_count_is_about_1_5b() {
+        let n = CsmConfig::csm_1b().parameter_count();
+        assert!((1_400_000_000..1_700_000_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let f = CsmConfig::csm_1b().backbone;
+        let scaled = f.rope_inv_freq();
+        let plain = LlamaFlavor { rope_scaling: None, ..f.clone() }.rope_inv_freq();
+        assert_eq!(scaled.len(), 32);
+        assert_eq!(scaled[0], plain[0]);
+        let last = scaled.len() - 1;
+        assert!((scaled[last] * 32.0 - plain[last]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn original_round_trip() {
+        let c = CsmConfig::tiny();
+        let back = CsmConfig::from_json(&c.to_original_json(), "t").unwrap();
+        assert_eq!(c, back);
+        let mut off = c.clone();
+        off.backbone.rope_scaling = None;
+        assert_eq!(CsmConfig::from_json(&off.to_original_json(), "t").unwrap(), off);
+    }
+
+    #[test]
+    fn sesame_named_flavours() {
+        let v = serde_json::json!({"backbone_flavor": "llama-1B", "decoder_flavor": "llama-100M",
+            "text_vocab_size": 128256, "audio_vocab_size": 2051, "audio_num_codebooks": 32});
+        assert_eq!(CsmConfig::from_json(&v, "t").unwrap(), CsmConfig::csm_1b());
+        let bad = serde_json::json!({"backbone_flavor": "llama-7B", "decoder_flavor": "llama-100M",
+            "text_vocab_size": 1, "audio_vocab_size": 2051, "audio_num_codebooks": 32});
+        let err = format!("{:#}", CsmConfig::from_json(&bad, "cfg.json").unwrap_err());
+        assert!(err.contains("llama-7B"), "{err}");
+    }
+}

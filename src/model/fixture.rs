@@ -1,0 +1,189 @@
+//! The tiny fixture model: deterministic weights of the CSM architecture (original key names),
+//! its config and a small byte-level tokenizer. Same seed → byte-identical files.
+use super::config::CsmConfig;
+use super::weights::{expected_tensors, write_safetensors, HostTensor};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Logit scale of the output heads: large enough that next-token distributions are peaked
+/// (top-1 probability mostly 0.3–0.9), as a trained model's are.
+pub const HEAD_LOGIT_STD: f32 = 4.0;
+
+/// splitmix64: a tiny counter-style generator, enough for deterministic fixtures.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Random weights of `cfg` (any size: also used for the full CSM-1B shape in benchmarks).
+pub fn random_weights(cfg: &CsmConfig, seed: u64) -> BTreeMap<String, HostTensor> {
+    expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let mut rng = SplitMix64(seed ^ fnv1a(&name));
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if name.ends_with(".scale") {
+                (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
+            } else {
+                let std = if name.ends_with("embeddings.weight") {
+                    1.0
+                } else if name == "codebook0_head.weight" {
+                    HEAD_LOGIT_STD / (shape[1] as f32).sqrt()
+                } else if name == "audio_head" {
+                    HEAD_LOGIT_STD / (shape[1] as f32).sqrt()
+                } else {
+                    1.0 / (shape[1] as f32).sqrt()
+                };
+                (0..n).map(|_| rng.normal() as f32 * std).collect()
+            };
+            (name, HostTensor::from_f32(shape, &values))
+        })
+        .collect()
+}
+
+/// GPT-2's byte → printable-character map used by byte-level BPE vocabularies.
+fn byte_level_chars() -> Vec<char> {
+    let mut direct: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
+    direct.extend(0xA1..=0xAC);
+    direct.extend(0xAE..=0xFF);
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            if direct.contains(&b) {
+                char::from_u32(b).unwrap()
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// A byte-level BPE tokenizer.json: ids 0..255 are bytes, then a few merges of frequent
+/// English pairs, then `<|begin_of_text|>` and `<|end_of_text|>`. Fits `text_vocab`.
+pub fn tokenizer_json(text_vocab: usize) -> String {
+    let chars = byte_level_chars();
+    let mut vocab: Vec<(String, usize)> = chars.iter().enumerate().map(|(i, c)| (c.to_string(), i)).collect();
+    let space = chars[b' ' as usize];
+    let pairs = [("t", "h"), ("e", " "), ("s", " "), ("i", "n"), (" ", "t")];
+    let mut merges = Vec::new();
+    for (a, b) in pairs {
+        let map = |s: &str| if s == " " { space.to_string() } else { s.to_string() };
+        let (a, b) = (map(a), map(b));
+        let id = vocab.len();
+        if id + 2 >= text_vocab {
+            break;
+        }
+        vocab.push((format!("{a}{b}"), id));
+        merges.push(format!("{a} {b}"));
+    }
+    let bos = vocab.len();
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let vocab_obj: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .map(|(t, i)| (t.clone(), serde_json::json!(i)))
+        .chain([
+            (super::tokenizer::BOS.to_string(), serde_json::json!(bos)),
+            (super::tokenizer::EOS.to_string(), serde_json::json!(bos + 1)),
+        ])
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(bos, super::tokenizer::BOS), special(bos + 1, super::tokenizer::EOS)],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab_obj, "merges": merges}
+    });
+    serde_json::to_string_pretty(&tok).unwrap()
+}
+
+/// Writes `config.json`, `model.safetensors` and `tokenizer.json` of the tiny fixture to `dir`.
+pub fn write_fixture(dir: &Path, seed: u64) -> Result<()> {
+    let cfg = CsmConfig::tiny();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let weights = random_weights(&cfg, seed);
+    write_safetensors(&dir.join("model.safetensors"), &weights)?;
+    let mut config = cfg.to_original_json();
+    config["fixture_seed"] = serde_json::json!(seed);
+    crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    crate::util::write_atomic(&dir.join("tokenizer.json"), tokenizer_json(cfg.text_vocab_size).as_bytes())?;
+    Ok(())
+}
+
+/// The bundled fixture's directory: `fixtures/tiny-csm` in the repository (made on first use).
+pub fn default_fixture_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("tiny-csm")
+}
+
+/// Makes the default fixture if it is absent; returns its directory.
+pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
+    let dir = default_fixture_dir();
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("making the tiny fixture model in {}", dir.display());
+        write_fixture(&dir, DEFAULT_SEED)?;
+    }
+    Ok(dir)
+}
+
+pub const DEFAULT_SEED: u64 = 1234;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::PromptTokenizer;
+
+    #[test]
+    fn tokenizer_round_trips_and_fits_vocab() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        std::fs::write(&p, tokenizer_json(264)).unwrap();
+        let tok = PromptTokenizer::from_file(&p).unwrap();
+        let ids = tok.encode_segment(0, "the cat sat").unwrap();
+        assert_eq!(ids.first(), Some(&261));
+        assert_eq!(ids.last(), Some(&262));
+        assert!(ids.iter().all(|&i| i < 264));
+        assert!(ids.len() < "[0]the cat sat".len() + 2, "merges apply: {ids:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), "[0]the cat sat");
+    }
+
+    #[test]
+    fn fixture_is_byte_identical() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_fixture(a.path(), 7).unwrap();
+        write_fixture(b.path(), 7).unwrap();
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap(), "{f}");
+        }
+    }
+}
