@@ -1,14 +1,92 @@
 //! `csm-parity diff` (issue 4).
+use crate::analysis::{self, DiffOptions};
+use crate::capture::Run;
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// Run directory A, or a capture directory holding torch/ and mlx/.
-    pub a: std::path::PathBuf,
-    /// Run directory B.
-    pub b: Option<std::path::PathBuf>,
+    /// Run directory A (the reference), or a capture directory holding torch/ and mlx/
+    /// (then torch is A).
+    pub a: PathBuf,
+    /// Run directory B (the candidate).
+    pub b: Option<PathBuf>,
+    /// Absolute logit tolerance: a step breaches when |a−b| > atol + rtol·|a|.
+    #[arg(long, default_value_t = 1e-3)]
+    pub atol: f32,
+    /// Relative tolerance (logits and probabilities).
+    #[arg(long, default_value_t = 1e-3)]
+    pub rtol: f32,
+    /// Absolute tolerance for sampler probabilities.
+    #[arg(long, default_value_t = 1e-4)]
+    pub probs_atol: f32,
+    /// Print the full comparison as JSON on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Write index.html, report.md, report.json and plots (PNG + SVG) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Exit with code 1 when the runs diverge (default: 0 either way).
+    #[arg(long)]
+    pub fail_on_divergence: bool,
 }
 
-pub fn run(_args: DiffArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("diff is not built yet")
+/// Resolves `diff A B` or `diff DIR` to (reference, candidate) run directories.
+pub fn resolve(a: &Path, b: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    match b {
+        Some(b) => Ok((a.to_path_buf(), b.to_path_buf())),
+        None => {
+            let (t, m) = (a.join("torch"), a.join("mlx"));
+            if a.join("manifest.json").exists() {
+                bail!(
+                    "{}: is a single run; give a second run directory to compare with (diff A B)",
+                    a.display()
+                );
+            }
+            if !t.is_dir() || !m.is_dir() {
+                bail!(
+                    "{}: expected a capture directory holding torch/ and mlx/ run directories (or give two run directories: diff A B)",
+                    a.display()
+                );
+            }
+            Ok((t, m))
+        }
+    }
+}
+
+pub fn run(args: DiffArgs) -> Result<i32> {
+    if !(args.atol >= 0.0 && args.rtol >= 0.0 && args.probs_atol >= 0.0) {
+        bail!("--atol, --rtol and --probs-atol must be non-negative numbers");
+    }
+    let (pa, pb) = resolve(&args.a, args.b.as_deref())?;
+    let a = Run::open(&pa).with_context(|| format!("run A ({})", pa.display()))?;
+    let b = Run::open(&pb).with_context(|| format!("run B ({})", pb.display()))?;
+    let opt = DiffOptions {
+        atol: args.atol,
+        rtol: args.rtol,
+        probs_atol: args.probs_atol,
+        resamples: args.bootstrap,
+        ..DiffOptions::default()
+    };
+    let diff = analysis::compare(&a, &b, &opt)?;
+    if let Some(dir) = &args.report {
+        let out = crate::report::write_report_dir(&diff, dir)?;
+        eprintln!("report written to {}", out.join("index.html").display());
+    }
+    if args.json {
+        print!("{}", crate::report::json(&diff)?);
+    } else {
+        print!("{}", crate::report::terminal::render(&diff));
+    }
+    Ok(
+        if args.fail_on_divergence && diff.verdict.kind == "diverged" {
+            1
+        } else {
+            0
+        },
+    )
 }

@@ -1,0 +1,144 @@
+//! Divergence point and stage attribution (DESIGN §5).
+use serde::Serialize;
+
+/// A step: frame and codebook (generation order is frame-major).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Step {
+    pub frame: usize,
+    pub codebook: usize,
+}
+
+impl Step {
+    pub fn from_index(i: usize, codebooks: usize) -> Step {
+        Step {
+            frame: i / codebooks,
+            codebook: i % codebooks,
+        }
+    }
+}
+
+/// The pipeline stage held responsible for a divergence.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Logits breach the tolerance: the model computes something else.
+    Model,
+    /// Logits agree but the sampler's probabilities differ.
+    Sampler,
+    /// Probabilities agree (or are not recorded while logits agree) but the sampled tokens differ:
+    /// with shared noise a noise plumbing bug; with native RNGs, expected.
+    Noise,
+    /// Sampled tokens agree but the post-processed tokens differ.
+    PostProcessing,
+    /// Tokens differ and neither logits nor probabilities were recorded.
+    Unknown,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Model => "model",
+            Stage::Sampler => "sampler",
+            Stage::Noise => "noise",
+            Stage::PostProcessing => "post-processing",
+            Stage::Unknown => "unknown",
+        }
+    }
+}
+
+/// Evidence at one step used for attribution.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepEvidence {
+    /// None when logits were not recorded in both runs.
+    pub logits_breach: Option<bool>,
+    pub probs_breach: Option<bool>,
+    pub tokens_differ: bool,
+    pub post_differ: bool,
+}
+
+impl StepEvidence {
+    pub fn any(&self) -> bool {
+        self.logits_breach == Some(true)
+            || self.probs_breach == Some(true)
+            || self.tokens_differ
+            || self.post_differ
+    }
+}
+
+/// The earliest stage of the pipeline that differs at a step, or None if none does.
+pub fn attribute(e: &StepEvidence) -> Option<Stage> {
+    if e.logits_breach == Some(true) {
+        return Some(Stage::Model);
+    }
+    if e.probs_breach == Some(true) {
+        return Some(Stage::Sampler);
+    }
+    if e.tokens_differ {
+        if e.logits_breach.is_none() && e.probs_breach.is_none() {
+            return Some(Stage::Unknown);
+        }
+        return Some(Stage::Noise);
+    }
+    if e.post_differ {
+        return Some(Stage::PostProcessing);
+    }
+    None
+}
+
+/// One-sentence explanation of a stage for the given noise mode.
+pub fn explain(stage: Stage, noise: &str, logits_only: bool) -> String {
+    match stage {
+        Stage::Model => "logits differ beyond --atol/--rtol: the two models compute different \
+                         outputs from the same context (weights, RoPE, attention, cache, dtype)"
+            .into(),
+        Stage::Sampler => {
+            "logits agree but the sampler's probabilities differ: temperature, top-k \
+                           tie handling, softmax variant"
+                .into()
+        }
+        Stage::Noise if noise == "native" => "distributions agree but the sampled tokens differ: \
+             expected with native RNGs (use shared noise or teacher forcing for parity)"
+            .into(),
+        Stage::Noise if logits_only => "logits agree (probabilities not recorded) but the sampled \
+             tokens differ: the sampler or the noise it receives differs"
+            .into(),
+        Stage::Noise => "probabilities agree but the sampled tokens differ with shared noise: \
+                         a noise plumbing bug (wrong (frame, codebook) key, -ln u vs Gumbel, \
+                         argmax over the wrong axis)"
+            .into(),
+        Stage::PostProcessing => "sampled tokens agree but the post-processed tokens differ: \
+                                  a post-processing step (e.g. token remapping) changes the stream"
+            .into(),
+        Stage::Unknown => "tokens differ and neither logits nor probabilities were recorded in \
+                           both runs; record them to attribute the stage"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_order() {
+        let mut e = StepEvidence {
+            logits_breach: Some(false),
+            probs_breach: Some(false),
+            tokens_differ: false,
+            post_differ: true,
+        };
+        assert_eq!(attribute(&e), Some(Stage::PostProcessing));
+        e.tokens_differ = true;
+        assert_eq!(attribute(&e), Some(Stage::Noise));
+        e.probs_breach = Some(true);
+        assert_eq!(attribute(&e), Some(Stage::Sampler));
+        e.logits_breach = Some(true);
+        assert_eq!(attribute(&e), Some(Stage::Model));
+        let none = StepEvidence {
+            tokens_differ: true,
+            ..Default::default()
+        };
+        assert_eq!(attribute(&none), Some(Stage::Unknown));
+        assert_eq!(attribute(&StepEvidence::default()), None);
+    }
+}

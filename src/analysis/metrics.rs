@@ -1,0 +1,482 @@
+//! Per-step comparisons of logits and probabilities, and token-histogram metrics (DESIGN §5).
+//! Natural logarithms (nats) throughout.
+use crate::capture::Row;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// exp(x) for x ≤ 0 (softmax after subtracting the max), f32, relative error < 2e-7; written as
+/// straight-line arithmetic so the compiler vectorizes the loops that call it.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    let n = (x * LOG2E).round();
+    // Cody–Waite: r = x - n ln2 with ln2 split in two.
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    // exp(r) on |r| <= ln2/2, degree-6 Taylor/minimax.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Comparison of one step's logits (reference `a`, candidate `b`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitStep {
+    pub max_abs: f32,
+    pub mean_abs: f32,
+    pub max_rel: f32,
+    /// Some entry had |a−b| > atol + rtol·|a|.
+    pub breach: bool,
+    pub argmax_a: u32,
+    pub argmax_b: u32,
+    /// KL(softmax(a) ‖ softmax(b)) at temperature 1; NaN when not computable.
+    pub kl: f64,
+    /// Entries compared (vocab for dense rows, the common indices for top-N rows).
+    pub compared: u32,
+    /// Top-N rows whose index sets differ.
+    pub index_mismatch: bool,
+}
+
+const LANES: usize = 8;
+
+fn argmax_max(x: &[f32]) -> (u32, f32) {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for (i, &v) in x.iter().enumerate() {
+        if v > best.1 {
+            best = (i as u32, v);
+        }
+    }
+    best
+}
+
+/// expm1(x) in f64: Taylor series near 0 (where the cancellation matters), libm elsewhere.
+#[inline(always)]
+fn expm1_f64(x: f64) -> f64 {
+    if x.abs() < 1e-2 {
+        x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))))
+    } else {
+        x.exp_m1()
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Dense logits of equal length.
+///
+/// KL(P‖Q) with P = softmax(a), Q = softmax(b), d = a − b and μ = E_P[d] is computed as
+/// ln E_P[exp(−(d − μ))] (exact, by shift invariance of the softmax), which has no first-order
+/// cancellation: tiny divergences between near-identical runs keep their relative accuracy.
+pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> LogitStep {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len();
+    let (argmax_a, max_a) = argmax_max(a);
+    let (argmax_b, _) = argmax_max(b);
+    SCRATCH.with(|sc| {
+        let mut e = sc.borrow_mut();
+        e.clear();
+        e.resize(n, 0.0);
+        // Pass 1 (vectorized in lanes): errors, breach, unnormalized P.
+        let mut mx = [0f32; LANES];
+        let mut sm = [0f32; LANES];
+        let mut rel = [0f32; LANES];
+        let mut br = [f32::NEG_INFINITY; LANES];
+        let mut sa = [0f32; LANES];
+        let ca = a.chunks_exact(LANES);
+        let cb = b.chunks_exact(LANES);
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for ((xa, xb), ee) in ca.zip(cb).zip(e.chunks_exact_mut(LANES)) {
+            for l in 0..LANES {
+                let d = (xa[l] - xb[l]).abs();
+                let m = xa[l].abs();
+                mx[l] = mx[l].max(d);
+                sm[l] += d;
+                rel[l] = rel[l].max(d / m.max(f32::MIN_POSITIVE));
+                br[l] = br[l].max(d - (atol + rtol * m));
+                let p = exp_neg(xa[l] - max_a);
+                ee[l] = p;
+                sa[l] += p;
+            }
+        }
+        let mut max_abs = mx.iter().fold(0f32, |p, &q| p.max(q));
+        let mut sum_abs: f64 = sm.iter().map(|&v| v as f64).sum();
+        let mut max_rel = rel.iter().fold(0f32, |p, &q| p.max(q));
+        let mut breach = br.iter().fold(f32::NEG_INFINITY, |p, &q| p.max(q));
+        let mut sum_a: f64 = sa.iter().map(|&v| v as f64).sum();
+        let tail = n - ra.len();
+        for (k, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+            let d = (x - y).abs();
+            let m = x.abs();
+            // NaN-propagating max: a NaN difference must not vanish.
+            max_abs = if d.is_nan() { d } else { max_abs.max(d) };
+            sum_abs += d as f64;
+            max_rel = max_rel.max(d / m.max(f32::MIN_POSITIVE));
+            breach = breach.max(d - (atol + rtol * m));
+            let p = exp_neg(x - max_a);
+            e[tail + k] = p;
+            sum_a += p as f64;
+        }
+        let nan = a.iter().chain(b).any(|v| v.is_nan()) || !sum_a.is_finite();
+        // Pass 2: μ = E_P[a − b].
+        let mut mu = 0f64;
+        for ((&p, &x), &y) in e.iter().zip(a).zip(b) {
+            mu += p as f64 * (x as f64 - y as f64);
+        }
+        mu /= sum_a;
+        // Pass 3: KL = ln(1 + E_P[expm1(−(d − μ))]).
+        let mut s = 0f64;
+        for ((&p, &x), &y) in e.iter().zip(a).zip(b) {
+            s += p as f64 * expm1_f64(-((x as f64 - y as f64) - mu));
+        }
+        let kl = if nan {
+            f64::NAN
+        } else {
+            (s / sum_a).ln_1p().max(0.0)
+        };
+        LogitStep {
+            max_abs: if nan { f32::NAN } else { max_abs },
+            mean_abs: (sum_abs / n.max(1) as f64) as f32,
+            max_rel,
+            breach: nan || breach > 0.0,
+            argmax_a,
+            argmax_b,
+            kl,
+            compared: n as u32,
+            index_mismatch: false,
+        }
+    })
+}
+
+/// Value of `row` at vocab index `i`, if stored.
+fn lookup(row: &Row<'_>, i: usize) -> Option<f32> {
+    match row {
+        Row::Dense(v) => v.get(i).copied(),
+        Row::Top { values, indices } => indices
+            .iter()
+            .position(|&j| j as usize == i)
+            .map(|k| values[k]),
+    }
+}
+
+fn entries<'a>(row: &'a Row<'a>) -> Box<dyn Iterator<Item = (usize, f32)> + 'a> {
+    match row {
+        Row::Dense(v) => Box::new(v.iter().copied().enumerate()),
+        Row::Top { values, indices } => Box::new(
+            indices
+                .iter()
+                .map(|&i| i as usize)
+                .zip(values.iter().copied()),
+        ),
+    }
+}
+
+/// Logits where at least one side is stored as top-N: errors over the indices both sides have;
+/// KL over the softmax renormalized to A's stored indices (an approximation, flagged in the
+/// report).
+pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitStep {
+    if let (Row::Dense(x), Row::Dense(y)) = (a, b) {
+        return compare_logits_dense(x, y, atol, rtol);
+    }
+    let mut max_abs = 0f32;
+    let mut sum_abs = 0f64;
+    let mut max_rel = 0f32;
+    let mut breach = false;
+    let mut compared = 0u32;
+    let mut mismatch = false;
+    let mut pairs: Vec<(f32, f32)> = Vec::new();
+    for (i, x) in entries(a) {
+        match lookup(b, i) {
+            Some(y) => {
+                let d = (x - y).abs();
+                max_abs = max_abs.max(d);
+                sum_abs += d as f64;
+                max_rel = max_rel.max(d / x.abs().max(f32::MIN_POSITIVE));
+                breach |= d > atol + rtol * x.abs() || d.is_nan();
+                compared += 1;
+                pairs.push((x, y));
+            }
+            None => mismatch = true,
+        }
+    }
+    if let Row::Top { indices, .. } = b {
+        if indices.iter().any(|&j| lookup(a, j as usize).is_none()) {
+            mismatch = true;
+        }
+    }
+    let top1 = |r: &Row<'_>| match r {
+        Row::Dense(v) => argmax_max(v).0,
+        Row::Top { indices, .. } => indices.first().map(|&i| i as u32).unwrap_or(0),
+    };
+    let kl = if mismatch || pairs.is_empty() {
+        f64::NAN
+    } else {
+        let ma = pairs.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.0)) as f64;
+        let mb = pairs.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.1)) as f64;
+        let za: f64 = pairs.iter().map(|p| (p.0 as f64 - ma).exp()).sum();
+        let zb: f64 = pairs.iter().map(|p| (p.1 as f64 - mb).exp()).sum();
+        let dl = (ma + za.ln()) - (mb + zb.ln());
+        pairs
+            .iter()
+            .map(|p| ((p.0 as f64 - ma).exp() / za) * ((p.0 - p.1) as f64 - dl))
+            .sum::<f64>()
+            .max(0.0)
+    };
+    LogitStep {
+        max_abs,
+        mean_abs: (sum_abs / compared.max(1) as f64) as f32,
+        max_rel,
+        breach: breach || mismatch,
+        argmax_a: top1(a),
+        argmax_b: top1(b),
+        kl,
+        compared,
+        index_mismatch: mismatch,
+    }
+}
+
+/// Comparison of one step's sampler probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbStep {
+    pub max_abs: f32,
+    pub breach: bool,
+    /// KL(P_A ‖ P_B) when the supports agree; NaN otherwise.
+    pub kl: f64,
+    /// The sets {p > 0} differ (then KL is not reported for this step).
+    pub support_mismatch: bool,
+    pub argmax_a: u32,
+    pub argmax_b: u32,
+}
+
+/// ln(p/q) accurately when p ≈ q.
+#[inline]
+fn ln_ratio(p: f64, q: f64) -> f64 {
+    let r = (q - p) / p;
+    if r.abs() < 1e-3 {
+        // -ln(1 + r)
+        -(r - r * r / 2.0 + r * r * r / 3.0)
+    } else {
+        (p / q).ln()
+    }
+}
+
+pub fn compare_probs(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> ProbStep {
+    let mut max_abs = 0f32;
+    let mut breach = false;
+    let mut support_mismatch = false;
+    let mut kl = 0f64;
+    let top1 = |r: &Row<'_>| match r {
+        Row::Dense(v) => argmax_max(v).0,
+        Row::Top { indices, .. } => indices.first().map(|&i| i as u32).unwrap_or(0),
+    };
+    if let (Row::Dense(x), Row::Dense(y)) = (a, b) {
+        for (&p, &q) in x.iter().zip(y.iter()) {
+            let d = (p - q).abs();
+            max_abs = max_abs.max(d);
+            breach |= d > atol + rtol * p.abs() || d.is_nan();
+            if (p > 0.0) != (q > 0.0) {
+                support_mismatch = true;
+            } else if p > 0.0 {
+                kl += p as f64 * ln_ratio(p as f64, q as f64);
+            }
+        }
+    } else {
+        for (i, p) in entries(a) {
+            let q = lookup(b, i).unwrap_or(0.0);
+            let d = (p - q).abs();
+            max_abs = max_abs.max(d);
+            breach |= d > atol + rtol * p.abs() || d.is_nan();
+            if (p > 0.0) != (q > 0.0) {
+                support_mismatch = true;
+            } else if p > 0.0 {
+                kl += p as f64 * ln_ratio(p as f64, q as f64);
+            }
+        }
+        for (i, q) in entries(b) {
+            if q > 0.0 && lookup(a, i).unwrap_or(0.0) <= 0.0 {
+                support_mismatch = true;
+                max_abs = max_abs.max(q);
+                breach |= q > atol;
+            }
+        }
+    }
+    ProbStep {
+        max_abs,
+        breach,
+        kl: if support_mismatch {
+            f64::NAN
+        } else {
+            kl.max(0.0)
+        },
+        support_mismatch,
+        argmax_a: top1(a),
+        argmax_b: top1(b),
+    }
+}
+
+/// Set and histogram comparison of two token streams (DESIGN §5).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenDist {
+    pub count_a: u64,
+    pub count_b: u64,
+    pub unique_a: usize,
+    pub unique_b: usize,
+    /// |set(A) ∩ set(B)| / |set(A)|.
+    pub overlap_a: f64,
+    /// |set(A) ∩ set(B)| / |set(B)|.
+    pub overlap_b: f64,
+    pub jaccard: f64,
+    /// Σ_t min(p_A(t), p_B(t)) of the normalized histograms.
+    pub hist_intersection: f64,
+    /// Σ_t min(n_A(t), n_B(t)) / Σ_t max(n_A(t), n_B(t)) on normalized histograms.
+    pub weighted_jaccard: f64,
+    /// KL(h_A ‖ h_B) with add-½ smoothing over the union of observed tokens.
+    pub kl_hist: f64,
+    /// Jensen–Shannon divergence of the unsmoothed histograms (nats, ≤ ln 2).
+    pub js_hist: f64,
+    pub chi_square: Option<crate::analysis::stats::ChiSquare>,
+    /// Most frequent tokens (token, count), most frequent first, ties by token id.
+    pub top_a: Vec<(i32, u64)>,
+    pub top_b: Vec<(i32, u64)>,
+}
+
+/// Additive smoothing used for the histogram KL.
+pub const HIST_SMOOTHING: f64 = 0.5;
+
+pub fn histogram(tokens: impl IntoIterator<Item = i32>) -> HashMap<i32, u64> {
+    let mut h = HashMap::new();
+    for t in tokens {
+        *h.entry(t).or_insert(0) += 1;
+    }
+    h
+}
+
+fn top_tokens(h: &HashMap<i32, u64>, k: usize) -> Vec<(i32, u64)> {
+    let mut v: Vec<(i32, u64)> = h.iter().map(|(&t, &n)| (t, n)).collect();
+    v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    v.truncate(k);
+    v
+}
+
+pub fn token_dist(ha: &HashMap<i32, u64>, hb: &HashMap<i32, u64>, top_k: usize) -> TokenDist {
+    let na: u64 = ha.values().sum();
+    let nb: u64 = hb.values().sum();
+    let mut union: Vec<i32> = ha.keys().chain(hb.keys()).copied().collect();
+    union.sort_unstable();
+    union.dedup();
+    let inter = ha.keys().filter(|t| hb.contains_key(t)).count();
+    let ratio = |x: usize, y: usize| {
+        if y == 0 {
+            f64::NAN
+        } else {
+            x as f64 / y as f64
+        }
+    };
+    let (mut smin, mut smax, mut kl, mut js) = (0f64, 0f64, 0f64, 0f64);
+    let k = union.len() as f64;
+    let mut ca = Vec::with_capacity(union.len());
+    let mut cb = Vec::with_capacity(union.len());
+    for t in &union {
+        let x = *ha.get(t).unwrap_or(&0);
+        let y = *hb.get(t).unwrap_or(&0);
+        ca.push(x);
+        cb.push(y);
+        let p = if na > 0 { x as f64 / na as f64 } else { 0.0 };
+        let q = if nb > 0 { y as f64 / nb as f64 } else { 0.0 };
+        smin += p.min(q);
+        smax += p.max(q);
+        let ps = (x as f64 + HIST_SMOOTHING) / (na as f64 + HIST_SMOOTHING * k);
+        let qs = (y as f64 + HIST_SMOOTHING) / (nb as f64 + HIST_SMOOTHING * k);
+        kl += ps * (ps / qs).ln();
+        let m = (p + q) / 2.0;
+        if p > 0.0 {
+            js += 0.5 * p * (p / m).ln();
+        }
+        if q > 0.0 {
+            js += 0.5 * q * (q / m).ln();
+        }
+    }
+    let empty = na == 0 || nb == 0;
+    TokenDist {
+        count_a: na,
+        count_b: nb,
+        unique_a: ha.len(),
+        unique_b: hb.len(),
+        overlap_a: ratio(inter, ha.len()),
+        overlap_b: ratio(inter, hb.len()),
+        jaccard: ratio(inter, union.len()),
+        hist_intersection: if empty { f64::NAN } else { smin },
+        weighted_jaccard: if empty || smax == 0.0 {
+            f64::NAN
+        } else {
+            smin / smax
+        },
+        kl_hist: if empty { f64::NAN } else { kl.max(0.0) },
+        js_hist: if empty { f64::NAN } else { js.max(0.0) },
+        chi_square: crate::analysis::stats::chi_square_homogeneity(&ca, &cb),
+        top_a: top_tokens(ha, top_k),
+        top_b: top_tokens(hb, top_k),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..100_000 {
+            let x = -(i as f32) * 0.0008;
+            let e = exp_neg(x) as f64;
+            let t = (x as f64).exp();
+            worst = worst.max(((e - t) / t).abs());
+        }
+        assert!(worst < 3e-7, "{worst}");
+    }
+
+    #[test]
+    fn dense_kl_matches_f64() {
+        let a: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 23) as f32 * 0.3 - 2.0)
+            .collect();
+        let b: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + (i % 5) as f32 * 0.05)
+            .collect();
+        let s = compare_logits_dense(&a, &b, 1e-3, 0.0);
+        let sm = |x: &[f32]| {
+            let m = x.iter().fold(f64::NEG_INFINITY, |p, &q| p.max(q as f64));
+            let z: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+            x.iter()
+                .map(|&v| (v as f64 - m).exp() / z)
+                .collect::<Vec<_>>()
+        };
+        let (p, q) = (sm(&a), sm(&b));
+        let kl: f64 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum();
+        assert!((s.kl - kl).abs() < 1e-5 * kl, "{} vs {kl}", s.kl);
+        assert!(s.breach);
+        assert!((s.max_abs - 0.2).abs() < 1e-6);
+        let same = compare_logits_dense(&a, &a, 0.0, 0.0);
+        assert_eq!((same.kl, same.max_abs, same.breach), (0.0, 0.0, false));
+    }
+
+    #[test]
+    fn token_dist_known_values() {
+        let ha = histogram([1, 1, 2, 3]);
+        let hb = histogram([1, 2, 2, 4]);
+        let d = token_dist(&ha, &hb, 2);
+        assert_eq!((d.unique_a, d.unique_b), (3, 3));
+        assert!((d.jaccard - 0.5).abs() < 1e-12);
+        assert!((d.overlap_a - 2.0 / 3.0).abs() < 1e-12);
+        // min: t1 .25, t2 .25 → 0.5; max: .5 + .5 + .25 + .25 = 1.5
+        assert!((d.hist_intersection - 0.5).abs() < 1e-12);
+        assert!((d.weighted_jaccard - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(d.top_a, vec![(1, 2), (2, 1)]);
+    }
+}
