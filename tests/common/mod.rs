@@ -152,3 +152,35 @@ pub fn pair(
     let pb = write(&root.join("mlx"), &spec_b, &b);
     (pa, pb)
 }
+
+/// Like [`frames`], but each logit passes through `perturb(frame, codebook, vocab, x)` before
+/// probabilities and tokens are derived (same shared noise), as a model difference would.
+pub fn frames_with(
+    spec: &Spec,
+    perturb: impl Fn(usize, usize, usize, f32) -> f32,
+) -> Vec<FrameRecord> {
+    let mut recs = frames(spec);
+    let v_n = spec.vocab;
+    for (f, r) in recs.iter_mut().enumerate() {
+        let logits = r.logits.as_mut().unwrap();
+        let probs = r.probs.as_mut().unwrap();
+        for c in 0..spec.codebooks {
+            let row = &mut logits[c * v_n..(c + 1) * v_n];
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = perturb(f, c, v, *x);
+            }
+            let p = softmax(row);
+            let mut best = (f64::NEG_INFINITY, 0usize);
+            for (v, pv) in p.iter().enumerate() {
+                probs[c * v_n + v] = *pv as f32;
+                let q = -uniform(spec.seed ^ 0xABCD, f as u64, c as u64, v as u64).ln();
+                if pv / q > best.0 {
+                    best = (pv / q, v);
+                }
+            }
+            r.tokens[c] = best.1 as i32;
+            r.post_tokens[c] = best.1 as i32;
+        }
+    }
+    recs
+}
