@@ -538,6 +538,9 @@ fn metrics_for(s: &StepData, cb: Option<usize>, opt: &DiffOptions, top_n: bool) 
     }
 }
 
+/// Per comparable frame: (steps, token eq, top1 eq, top1 n, kl sum, kl n).
+type FrameSums = (f64, f64, f64, f64, f64, f64);
+
 /// Bootstrap over frames (a frame's steps share a context, so frames are the resampling unit).
 fn confidence(s: &StepData, opt: &DiffOptions) -> Confidence {
     let c_n = s.codebooks;
@@ -560,8 +563,7 @@ fn confidence(s: &StepData, opt: &DiffOptions) -> Confidence {
             p.5 += 1.0;
         }
     }
-    let ratio = |num: fn(&(f64, f64, f64, f64, f64, f64)) -> f64,
-                 den: fn(&(f64, f64, f64, f64, f64, f64)) -> f64| {
+    let ratio = |num: fn(&FrameSums) -> f64, den: fn(&FrameSums) -> f64| {
         let per = &per;
         move |idx: &[usize]| {
             let (mut x, mut y) = (0.0, 0.0);
@@ -608,11 +610,9 @@ fn confidence(s: &StepData, opt: &DiffOptions) -> Confidence {
     };
     // Histogram intersection over all common frames; resamples capped so the cost stays bounded.
     let (f_n, steps) = (s.frames, s.tokens_a.len());
-    let hist_resamples = if steps == 0 {
-        0
-    } else {
-        opt.resamples.min((20_000_000 / steps).max(50))
-    };
+    let hist_resamples = 20_000_000usize
+        .checked_div(steps)
+        .map_or(0, |r| opt.resamples.min(r.max(50)));
     let (max_tok_a, max_tok_b) = (
         s.tokens_a.iter().copied().max().unwrap_or(0).max(0) as usize,
         s.tokens_b.iter().copied().max().unwrap_or(0).max(0) as usize,
