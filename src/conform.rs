@@ -32,7 +32,8 @@ pub struct Case {
 /// Reads a .npy of integers or floats as (shape, f64 values).
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{}: not a .npy file", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .with_context(|| format!("{}: not a .npy file", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     let dtype = npy.dtype();
     let descr = match &dtype {
@@ -43,9 +44,16 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         "f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
         "f8" => npy.into_vec::<f64>()?,
         "i4" => npy.into_vec::<i32>()?.into_iter().map(f64::from).collect(),
-        "i8" => npy.into_vec::<i64>()?.into_iter().map(|v| v as f64).collect(),
+        "i8" => npy
+            .into_vec::<i64>()?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
         "u4" => npy.into_vec::<u32>()?.into_iter().map(f64::from).collect(),
-        other => bail!("{}: dtype {other} not supported (expected f4, f8, i4, i8 or u4)", path.display()),
+        other => bail!(
+            "{}: dtype {other} not supported (expected f4, f8, i4, i8 or u4)",
+            path.display()
+        ),
     };
     Ok((shape, values))
 }
@@ -58,23 +66,39 @@ impl Case {
         let (cs, c0) = read_npy(&file("c0_logits.npy"))?;
         let (ds, depth) = read_npy(&file("depth_logits.npy"))?;
         if ps.len() != 1 {
-            bail!("{}: expected shape [P], got {ps:?}", file("prompt_ids.npy").display());
+            bail!(
+                "{}: expected shape [P], got {ps:?}",
+                file("prompt_ids.npy").display()
+            );
         }
         let [f, c] = fs[..] else {
-            bail!("{}: expected shape [F, C], got {fs:?}", file("frames.npy").display());
+            bail!(
+                "{}: expected shape [F, C], got {fs:?}",
+                file("frames.npy").display()
+            );
         };
         let v = *cs.last().unwrap_or(&0);
         if cs != [f, v] {
-            bail!("{}: expected shape [{f}, V], got {cs:?}", file("c0_logits.npy").display());
+            bail!(
+                "{}: expected shape [{f}, V], got {cs:?}",
+                file("c0_logits.npy").display()
+            );
         }
         if ds != [f, c - 1, v] {
-            bail!("{}: expected shape [{f}, {}, {v}], got {ds:?}", file("depth_logits.npy").display(), c - 1);
+            bail!(
+                "{}: expected shape [{f}, {}, {v}], got {ds:?}",
+                file("depth_logits.npy").display(),
+                c - 1
+            );
         }
         let to32 = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
         Ok(Case {
             dir: dir.to_path_buf(),
             prompt_ids: prompt.iter().map(|&x| x as u32).collect(),
-            frames: frames.chunks(c).map(|r| r.iter().map(|&x| x as i32).collect()).collect(),
+            frames: frames
+                .chunks(c)
+                .map(|r| r.iter().map(|&x| x as i32).collect())
+                .collect(),
             c0_logits: c0.chunks(v).map(to32).collect(),
             depth_logits: depth.chunks((c - 1) * v).map(to32).collect(),
             vocab: v,
@@ -124,13 +148,22 @@ pub struct ConformReport {
 }
 
 /// Runs one backend on one layout of the case.
-pub fn conform_one(case: &Case, kind: BackendKind, layout: Layout, atol: f64) -> Result<ConformResult> {
+pub fn conform_one(
+    case: &Case,
+    kind: BackendKind,
+    layout: Layout,
+    atol: f64,
+) -> Result<ConformResult> {
     let model_dir = case.dir.join(layout.name());
     let model = CsmModel::load(&model_dir)?;
     let cfg = &model.config;
     let c = cfg.audio_num_codebooks;
     if case.frames.first().map(Vec::len) != Some(c) || case.vocab != cfg.audio_vocab_size {
-        bail!("{}: the case's frames/logits do not match the model's {c} codebooks × {} vocab", case.dir.display(), cfg.audio_vocab_size);
+        bail!(
+            "{}: the case's frames/logits do not match the model's {c} codebooks × {} vocab",
+            case.dir.display(),
+            cfg.audio_vocab_size
+        );
     }
     let prompt = Frames::text(&case.prompt_ids, c, cfg.text_vocab_size)?;
     let mut b = backend::load(kind, &model, DType::F32)?;
@@ -139,7 +172,16 @@ pub fn conform_one(case: &Case, kind: BackendKind, layout: Layout, atol: f64) ->
     let forced = run_frames(
         b.as_mut(),
         &prompt,
-        &LoopSpec { sampler: &greedy, max_frames: case.frames.len(), record: Record { logits: true, probs: false }, forced: Some(&case.frames), stop_on_eos: false },
+        &LoopSpec {
+            sampler: &greedy,
+            max_frames: case.frames.len(),
+            record: Record {
+                logits: true,
+                probs: false,
+            },
+            forced: Some(&case.frames),
+            stop_on_eos: false,
+        },
         c,
         v,
     )?;
@@ -148,24 +190,45 @@ pub fn conform_one(case: &Case, kind: BackendKind, layout: Layout, atol: f64) ->
         let logits = out.logits.as_ref().unwrap();
         for cb in 0..c {
             let ours = &logits[cb * v..(cb + 1) * v];
-            let theirs = if cb == 0 { &case.c0_logits[f][..] } else { &case.depth_logits[f][(cb - 1) * v..cb * v] };
+            let theirs = if cb == 0 {
+                &case.c0_logits[f][..]
+            } else {
+                &case.depth_logits[f][(cb - 1) * v..cb * v]
+            };
             let d = crate::runner::max_abs_diff(ours, theirs);
-            if cb == 0 { max_c0 = max_c0.max(d) } else { max_depth = max_depth.max(d) }
+            if cb == 0 {
+                max_c0 = max_c0.max(d)
+            } else {
+                max_depth = max_depth.max(d)
+            }
             if d > atol && first.is_none() {
-                first = Some(Breach { frame: f, codebook: cb, abs_diff: d });
+                first = Some(Breach {
+                    frame: f,
+                    codebook: cb,
+                    abs_diff: d,
+                });
             }
         }
     }
     let free = run_frames(
         b.as_mut(),
         &prompt,
-        &LoopSpec { sampler: &greedy, max_frames: case.frames.len(), record: Record::default(), forced: None, stop_on_eos: false },
+        &LoopSpec {
+            sampler: &greedy,
+            max_frames: case.frames.len(),
+            record: Record::default(),
+            forced: None,
+            stop_on_eos: false,
+        },
         c,
         v,
     )?;
     let mismatch = case.frames.iter().enumerate().find_map(|(f, want)| {
         let got = free.fed.get(f)?;
-        want.iter().zip(got).position(|(a, b)| a != b).map(|cb| [f, cb])
+        want.iter()
+            .zip(got)
+            .position(|(a, b)| a != b)
+            .map(|cb| [f, cb])
     });
     let equal = mismatch.is_none() && free.fed.len() == case.frames.len();
     Ok(ConformResult {
@@ -181,14 +244,23 @@ pub fn conform_one(case: &Case, kind: BackendKind, layout: Layout, atol: f64) ->
     })
 }
 
-pub fn conform(dir: &Path, backends: &[BackendKind], layouts: Option<&[Layout]>, atol: f64) -> Result<ConformReport> {
+pub fn conform(
+    dir: &Path,
+    backends: &[BackendKind],
+    layouts: Option<&[Layout]>,
+    atol: f64,
+) -> Result<ConformReport> {
     let case = Case::load(dir)?;
     let available = case.layouts();
     let layouts: Vec<Layout> = match layouts {
         Some(l) => {
             for x in l {
                 if !available.contains(x) {
-                    bail!("{}: no {}/ model folder in this case", dir.display(), x.name());
+                    bail!(
+                        "{}: no {}/ model folder in this case",
+                        dir.display(),
+                        x.name()
+                    );
                 }
             }
             l.to_vec()
@@ -196,7 +268,10 @@ pub fn conform(dir: &Path, backends: &[BackendKind], layouts: Option<&[Layout]>,
         None => available,
     };
     if layouts.is_empty() {
-        bail!("{}: no model folder (original/ or hf/ with config.json)", dir.display());
+        bail!(
+            "{}: no model folder (original/ or hf/ with config.json)",
+            dir.display()
+        );
     }
     if backends.is_empty() {
         bail!("no backend compiled into this build (features `mlx`, `torch`)");
@@ -224,21 +299,38 @@ impl ConformReport {
         let _ = writeln!(
             s,
             "{}: {} ({} frames × {} codebooks, atol {:.0e})",
-            if self.conforms { "CONFORMS" } else { "DOES NOT CONFORM" },
+            if self.conforms {
+                "CONFORMS"
+            } else {
+                "DOES NOT CONFORM"
+            },
             self.case,
             self.frames,
             self.codebooks,
             self.atol
         );
-        let _ = writeln!(s, "  {:<6} {:<9} {:>12} {:>12}  {:<14} first breach", "backend", "layout", "max|Δ| c0", "max|Δ| depth", "greedy frames");
+        let _ = writeln!(
+            s,
+            "  {:<6} {:<9} {:>12} {:>12}  {:<14} first breach",
+            "backend", "layout", "max|Δ| c0", "max|Δ| depth", "greedy frames"
+        );
         for r in &self.results {
-            let breach = r.first_breach.as_ref().map_or("-".to_string(), |b| format!("frame {} codebook {} (|Δ| {:.2e})", b.frame, b.codebook, b.abs_diff));
+            let breach = r.first_breach.as_ref().map_or("-".to_string(), |b| {
+                format!(
+                    "frame {} codebook {} (|Δ| {:.2e})",
+                    b.frame, b.codebook, b.abs_diff
+                )
+            });
             let greedy = match r.first_greedy_mismatch {
                 None if r.greedy_frames_equal => "equal".to_string(),
                 None => "short".to_string(),
                 Some([f, c]) => format!("differ @{f},{c}"),
             };
-            let _ = writeln!(s, "  {:<6} {:<9} {:>12.3e} {:>12.3e}  {:<14} {}", r.backend, r.layout, r.max_abs_diff_c0, r.max_abs_diff_depth, greedy, breach);
+            let _ = writeln!(
+                s,
+                "  {:<6} {:<9} {:>12.3e} {:>12.3e}  {:<14} {}",
+                r.backend, r.layout, r.max_abs_diff_c0, r.max_abs_diff_depth, greedy, breach
+            );
         }
         s
     }

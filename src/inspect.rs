@@ -25,23 +25,43 @@ pub struct Inspection {
 
 /// (name → (dtype, shape)) from a safetensors header.
 fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut n = [0u8; 8];
-    f.read_exact(&mut n).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    f.read_exact(&mut n)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let n = u64::from_le_bytes(n) as usize;
     if n > 100 << 20 {
-        bail!("{}: safetensors header of {n} bytes is implausible", path.display());
+        bail!(
+            "{}: safetensors header of {n} bytes is implausible",
+            path.display()
+        );
     }
     let mut buf = vec![0u8; n];
-    f.read_exact(&mut buf).with_context(|| format!("{}: truncated header", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&buf).with_context(|| format!("{}: header is not JSON", path.display()))?;
+    f.read_exact(&mut buf)
+        .with_context(|| format!("{}: truncated header", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&buf)
+        .with_context(|| format!("{}: header is not JSON", path.display()))?;
     let mut out = BTreeMap::new();
     for (k, t) in v.as_object().into_iter().flatten() {
         if k == "__metadata__" {
             continue;
         }
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string();
-        let shape = t.get("shape").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect()).unwrap_or_default();
+        let dtype = t
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let shape = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
         out.insert(k.clone(), (dtype, shape));
     }
     Ok(out)
@@ -53,7 +73,12 @@ pub fn inspect(model: &Path) -> Result<Inspection> {
     for file in weight_files(model)? {
         found.extend(read_header(&file)?);
     }
-    let is_hf = found.keys().filter(|k| k.starts_with("backbone_model.") || k.starts_with("depth_decoder.")).count() * 2 > found.len();
+    let is_hf = found
+        .keys()
+        .filter(|k| k.starts_with("backbone_model.") || k.starts_with("depth_decoder."))
+        .count()
+        * 2
+        > found.len();
     let expected: Vec<(String, Vec<usize>)> = expected_tensors(&cfg)
         .into_iter()
         .map(|(k, s)| (if is_hf { original_to_hf_name(&k) } else { k }, s))
@@ -76,7 +101,8 @@ pub fn inspect(model: &Path) -> Result<Inspection> {
             None => ins.missing.push(format!("{name} {shape:?}")),
             Some((dtype, s)) => {
                 if s != shape {
-                    ins.misshaped.push(format!("{name}: {s:?}, expected {shape:?}"));
+                    ins.misshaped
+                        .push(format!("{name}: {s:?}, expected {shape:?}"));
                 }
                 let n: usize = s.iter().product();
                 ins.parameters += n;
@@ -87,7 +113,9 @@ pub fn inspect(model: &Path) -> Result<Inspection> {
     }
     let names: std::collections::HashSet<&String> = expected.iter().map(|(k, _)| k).collect();
     for k in found.keys().filter(|k| !names.contains(k)) {
-        if is_hf && (k.starts_with("codec_model.") || k == "depth_decoder.model.embed_tokens.weight") {
+        if is_hf
+            && (k.starts_with("codec_model.") || k == "depth_decoder.model.embed_tokens.weight")
+        {
             ins.ignored.push(k.clone());
         } else {
             ins.extra.push(k.clone());
@@ -102,8 +130,19 @@ impl Inspection {
         use std::fmt::Write;
         let c = &self.config;
         let mut s = String::new();
-        let _ = writeln!(s, "{} — {} layout, {} tensors, {:.2} M parameters", self.model, self.layout, self.tensors, self.parameters as f64 / 1e6);
-        let _ = writeln!(s, "  audio: {} codebooks × {} codes; text vocab {}", c["audio_num_codebooks"], c["audio_vocab_size"], c["text_vocab_size"]);
+        let _ = writeln!(
+            s,
+            "{} — {} layout, {} tensors, {:.2} M parameters",
+            self.model,
+            self.layout,
+            self.tensors,
+            self.parameters as f64 / 1e6
+        );
+        let _ = writeln!(
+            s,
+            "  audio: {} codebooks × {} codes; text vocab {}",
+            c["audio_num_codebooks"], c["audio_vocab_size"], c["text_vocab_size"]
+        );
         for part in ["backbone", "decoder"] {
             let f = &c[part];
             let _ = writeln!(
@@ -113,17 +152,42 @@ impl Inspection {
                 if f["use_scaled_rope"] == true { "on" } else { "off" }, f["scale_factor"], f["low_freq_factor"], f["high_freq_factor"], f["old_context_len"]
             );
         }
-        let dt: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} ({:.2} M)", *n as f64 / 1e6)).collect();
+        let dt: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{d} ({:.2} M)", *n as f64 / 1e6))
+            .collect();
         let _ = writeln!(s, "  dtype: {}", dt.join(", "));
-        for (what, list) in [("missing", &self.missing), ("mis-shaped", &self.misshaped), ("extra", &self.extra)] {
+        for (what, list) in [
+            ("missing", &self.missing),
+            ("mis-shaped", &self.misshaped),
+            ("extra", &self.extra),
+        ] {
             if !list.is_empty() {
-                let _ = writeln!(s, "  {what} ({}): {}", list.len(), list.iter().take(8).cloned().collect::<Vec<_>>().join("; "));
+                let _ = writeln!(
+                    s,
+                    "  {what} ({}): {}",
+                    list.len(),
+                    list.iter().take(8).cloned().collect::<Vec<_>>().join("; ")
+                );
             }
         }
         if !self.ignored.is_empty() {
-            let _ = writeln!(s, "  ignored (not part of the generator): {} tensors", self.ignored.len());
+            let _ = writeln!(
+                s,
+                "  ignored (not part of the generator): {} tensors",
+                self.ignored.len()
+            );
         }
-        let _ = writeln!(s, "  {}", if self.ok { "complete: every tensor present with the expected shape" } else { "NOT loadable as is" });
+        let _ = writeln!(
+            s,
+            "  {}",
+            if self.ok {
+                "complete: every tensor present with the expected shape"
+            } else {
+                "NOT loadable as is"
+            }
+        );
         s
     }
 }

@@ -29,11 +29,19 @@ pub struct LoopSpec<'a> {
 }
 
 /// Runs prompt + frames on `backend` from a fresh state.
-pub fn run_frames(backend: &mut dyn Backend, prompt: &Frames, spec: &LoopSpec, codebooks: usize, vocab: usize) -> Result<Sequence> {
+pub fn run_frames(
+    backend: &mut dyn Backend,
+    prompt: &Frames,
+    spec: &LoopSpec,
+    codebooks: usize,
+    vocab: usize,
+) -> Result<Sequence> {
     backend.reset(spec.sampler.seed)?;
     let mut seq = Sequence::default();
     let mut input = prompt.clone();
-    let n = spec.forced.map_or(spec.max_frames, |f| f.len().min(spec.max_frames));
+    let n = spec
+        .forced
+        .map_or(spec.max_frames, |f| f.len().min(spec.max_frames));
     for f in 0..n {
         let uniforms = (!spec.sampler.is_greedy() && spec.sampler.noise == NoiseMode::Shared)
             .then(|| SharedNoise::frame_uniforms(spec.sampler.seed, f as u64, codebooks, vocab));
@@ -66,7 +74,24 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .map(|(&x, &y)| {
             let d = (x as f64 - y as f64).abs();
-            if d.is_nan() { f64::INFINITY } else { d }
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
         })
         .fold(0.0, f64::max)
+}
+
+/// Largest excess of max|a − b| over `atol + rtol·max|b|`, row by row (rows of `row` elements,
+/// `b` the reference): ≤ 0 when every row is within tolerance. The relative part scales with the
+/// row's largest logit, since f32 rounding grows with the magnitudes summed, not with each entry.
+pub fn max_tolerance_excess(a: &[f32], b: &[f32], row: usize, atol: f64, rtol: f64) -> f64 {
+    a.chunks(row)
+        .zip(b.chunks(row))
+        .map(|(x, y)| {
+            let scale = y.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
+            max_abs_diff(x, y) - (atol + rtol * scale)
+        })
+        .fold(f64::NEG_INFINITY, f64::max)
 }

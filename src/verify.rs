@@ -3,7 +3,7 @@
 use crate::backend::{self, BackendKind, Record};
 use crate::capture::BackendInfo;
 use crate::model::{CsmModel, DType};
-use crate::runner::{max_abs_diff, run_frames, LoopSpec};
+use crate::runner::{max_abs_diff, max_tolerance_excess, run_frames, LoopSpec};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -28,7 +28,12 @@ pub struct VerifyReport {
     /// First (frame, codebook) where the greedy choices differ.
     pub first_token_mismatch: Option<[usize; 2]>,
     pub atol: f64,
+    /// Cached logits must satisfy max|cached − recomputed| ≤ cache_atol + cache_rtol·max|recomputed|
+    /// per (frame, codebook) row.
     pub cache_atol: f64,
+    pub cache_rtol: f64,
+    /// Per backend: the cache check holds for every logit.
+    pub cache_parity_ok: BTreeMap<String, bool>,
     pub passed: bool,
 }
 
@@ -40,6 +45,7 @@ pub struct VerifyOptions {
     pub backends: Vec<BackendKind>,
     pub atol: f64,
     pub cache_atol: f64,
+    pub cache_rtol: f64,
 }
 
 pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
@@ -49,7 +55,10 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
     let cfg = &model.config;
     let (_, prompt) = model.prompt_frames(opts.speaker, &opts.text)?;
     let sampler = SamplerSpec::greedy();
-    let record = Record { logits: true, probs: false };
+    let record = Record {
+        logits: true,
+        probs: false,
+    };
     let mut reference = None;
     let mut report = VerifyReport {
         model: model.dir.display().to_string(),
@@ -65,6 +74,8 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
         first_token_mismatch: None,
         atol: opts.atol,
         cache_atol: opts.cache_atol,
+        cache_rtol: opts.cache_rtol,
+        cache_parity_ok: BTreeMap::new(),
         passed: true,
     };
     for &kind in &opts.backends {
@@ -78,7 +89,13 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
             forced: forced.map(|s| s.fed.as_slice()),
             stop_on_eos: false,
         };
-        let seq = run_frames(b.as_mut(), &prompt, &spec, cfg.audio_num_codebooks, cfg.audio_vocab_size)?;
+        let seq = run_frames(
+            b.as_mut(),
+            &prompt,
+            &spec,
+            cfg.audio_num_codebooks,
+            cfg.audio_vocab_size,
+        )?;
         let recomputed = b.recompute(&prompt, &seq.fed)?;
         let cache_diff = seq
             .outputs
@@ -86,8 +103,20 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
             .zip(&recomputed)
             .map(|(o, r)| max_abs_diff(o.logits.as_ref().unwrap(), r))
             .fold(0.0, f64::max);
-        report.cache_parity_max_abs_diff.insert(kind.name().into(), cache_diff);
-        report.passed &= cache_diff <= opts.cache_atol;
+        let cache_ok = seq.outputs.iter().zip(&recomputed).all(|(o, r)| {
+            max_tolerance_excess(
+                o.logits.as_ref().unwrap(),
+                r,
+                cfg.audio_vocab_size,
+                opts.cache_atol,
+                opts.cache_rtol,
+            ) <= 0.0
+        });
+        report
+            .cache_parity_max_abs_diff
+            .insert(kind.name().into(), cache_diff);
+        report.cache_parity_ok.insert(kind.name().into(), cache_ok);
+        report.passed &= cache_ok;
         match &reference {
             None => reference = Some(seq),
             Some(r) => {
@@ -95,14 +124,25 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
                     .outputs
                     .iter()
                     .zip(&seq.outputs)
-                    .map(|(a, b)| max_abs_diff(a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap()))
+                    .map(|(a, b)| {
+                        max_abs_diff(a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap())
+                    })
                     .collect();
                 let max = per.iter().cloned().fold(0.0, f64::max);
                 report.max_abs_logit_diff = Some(max);
                 report.per_frame_max_abs_logit_diff = per;
-                report.first_token_mismatch = r.outputs.iter().zip(&seq.outputs).enumerate().find_map(|(f, (a, b))| {
-                    a.sampled.iter().zip(&b.sampled).position(|(x, y)| x != y).map(|c| [f, c])
-                });
+                report.first_token_mismatch = r
+                    .outputs
+                    .iter()
+                    .zip(&seq.outputs)
+                    .enumerate()
+                    .find_map(|(f, (a, b))| {
+                        a.sampled
+                            .iter()
+                            .zip(&b.sampled)
+                            .position(|(x, y)| x != y)
+                            .map(|c| [f, c])
+                    });
                 report.tokens_equal = Some(report.first_token_mismatch.is_none());
                 report.passed &= max <= opts.atol && report.first_token_mismatch.is_none();
             }
@@ -117,13 +157,25 @@ impl VerifyReport {
         use std::fmt::Write;
         let mut s = String::new();
         let verdict = if self.passed { "PASS" } else { "FAIL" };
-        let _ = writeln!(s, "{verdict}: {} frames × {} codebooks, greedy, dtype {}", self.frames, self.codebooks, self.dtype);
+        let _ = writeln!(
+            s,
+            "{verdict}: {} frames × {} codebooks, greedy, dtype {}",
+            self.frames, self.codebooks, self.dtype
+        );
         for b in &self.backends {
-            let _ = writeln!(s, "  backend {:<6} {} on {}", b.name, b.library_version, b.device);
+            let _ = writeln!(
+                s,
+                "  backend {:<6} {} on {}",
+                b.name, b.library_version, b.device
+            );
         }
         match self.max_abs_logit_diff {
             Some(m) => {
-                let _ = writeln!(s, "  max |mlx - torch| logit     {m:.3e}  (atol {:.0e})", self.atol);
+                let _ = writeln!(
+                    s,
+                    "  max |mlx - torch| logit     {m:.3e}  (atol {:.0e})",
+                    self.atol
+                );
                 let _ = writeln!(
                     s,
                     "  greedy tokens equal         {}",
@@ -132,7 +184,11 @@ impl VerifyReport {
                         Some([f, c]) => format!("no: first mismatch at frame {f}, codebook {c}"),
                     }
                 );
-                let per: Vec<String> = self.per_frame_max_abs_logit_diff.iter().map(|d| format!("{d:.1e}")).collect();
+                let per: Vec<String> = self
+                    .per_frame_max_abs_logit_diff
+                    .iter()
+                    .map(|d| format!("{d:.1e}"))
+                    .collect();
                 let _ = writeln!(s, "  per frame                   {}", per.join(" "));
             }
             None => {
@@ -140,7 +196,16 @@ impl VerifyReport {
             }
         }
         for (name, d) in &self.cache_parity_max_abs_diff {
-            let _ = writeln!(s, "  cache vs recompute ({name:<5})  {d:.3e}  (atol {:.0e})", self.cache_atol);
+            let ok = if self.cache_parity_ok.get(name) == Some(&true) {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            let _ = writeln!(
+                s,
+                "  cache vs recompute ({name:<5})  {d:.3e}  {ok} (atol {:.0e} + rtol {:.0e}·max|logit| of the row)",
+                self.cache_atol, self.cache_rtol
+            );
         }
         s
     }

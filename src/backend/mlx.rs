@@ -24,11 +24,19 @@ fn to_array(t: &HostTensor, dtype: Dtype) -> Result<Array> {
     let a = match t.dtype {
         DType::F32 => Array::from_slice(&t.to_f32(), &shape),
         DType::F16 => {
-            let v: Vec<half::f16> = t.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect();
+            let v: Vec<half::f16> = t
+                .data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                .collect();
             Array::from_slice(&v, &shape)
         }
         DType::BF16 => {
-            let v: Vec<half::bf16> = t.data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect();
+            let v: Vec<half::bf16> = t
+                .data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                .collect();
             Array::from_slice(&v, &shape)
         }
     };
@@ -102,23 +110,44 @@ impl Stack {
     }
 
     fn rope(&self, x: &Array, start: usize) -> Result<Array> {
-        Ok(fast::rope(x, self.f.head_dim as i32, true, None, 1.0, start as i32, Some(&self.freqs))?)
+        Ok(fast::rope(
+            x,
+            self.f.head_dim as i32,
+            true,
+            None,
+            1.0,
+            start as i32,
+            Some(&self.freqs),
+        )?)
     }
 
     /// x: [1, L, D]. Uses and extends the cache when `cached`.
     fn forward(&mut self, x: &Array, cached: bool) -> Result<Array> {
         let l = x.dim(1);
         let start = if cached { self.pos } else { 0 };
-        let (nh, nkv, hd) = (self.f.num_heads as i32, self.f.num_kv_heads as i32, self.f.head_dim as i32);
+        let (nh, nkv, hd) = (
+            self.f.num_heads as i32,
+            self.f.num_kv_heads as i32,
+            self.f.head_dim as i32,
+        );
         let eps = self.f.norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut h = x.clone();
         for i in 0..self.layers.len() {
             let layer = &self.layers[i];
             let xn = fast::rms_norm(&h, Some(&layer.sa_norm), eps)?;
-            let q = xn.matmul(&layer.q_t)?.reshape(&[1, l, nh, hd])?.transpose_axes(&[0, 2, 1, 3])?;
-            let k = xn.matmul(&layer.k_t)?.reshape(&[1, l, nkv, hd])?.transpose_axes(&[0, 2, 1, 3])?;
-            let v = xn.matmul(&layer.v_t)?.reshape(&[1, l, nkv, hd])?.transpose_axes(&[0, 2, 1, 3])?;
+            let q = xn
+                .matmul(&layer.q_t)?
+                .reshape(&[1, l, nh, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let k = xn
+                .matmul(&layer.k_t)?
+                .reshape(&[1, l, nkv, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let v = xn
+                .matmul(&layer.v_t)?
+                .reshape(&[1, l, nkv, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
             let q = self.rope(&q, start)?;
             let mut k = self.rope(&k, start)?;
             let mut v = v;
@@ -131,7 +160,10 @@ impl Stack {
             }
             let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
             let attn = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-            let attn = attn.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, nh * hd])?.matmul(&layer.o_t)?;
+            let attn = attn
+                .transpose_axes(&[0, 2, 1, 3])?
+                .reshape(&[1, l, nh * hd])?
+                .matmul(&layer.o_t)?;
             h = h.add(&attn)?;
             let xn = fast::rms_norm(&h, Some(&layer.mlp_norm), eps)?;
             let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1_t)?)?;
@@ -145,7 +177,11 @@ impl Stack {
     }
 
     fn cache_arrays(&self) -> Vec<&Array> {
-        self.cache.iter().flatten().flat_map(|(k, v)| [k, v]).collect()
+        self.cache
+            .iter()
+            .flatten()
+            .flat_map(|(k, v)| [k, v])
+            .collect()
     }
 }
 
@@ -189,30 +225,52 @@ impl MlxCsm {
 
     /// Sum of the unmasked columns' embeddings: [1, L, D].
     fn embed(&self, frames: &Frames) -> Result<Array> {
-        let (l, w, c) = (frames.len() as i32, frames.width as i32, self.codebooks as i32);
+        let (l, w, c) = (
+            frames.len() as i32,
+            frames.width as i32,
+            self.codebooks as i32,
+        );
         let v = self.vocab as i64;
         let mut audio_ids = Vec::with_capacity((l * c) as usize);
         let mut text_ids = Vec::with_capacity(l as usize);
         for row in frames.tokens.chunks_exact(w as usize) {
-            audio_ids.extend(row[..c as usize].iter().enumerate().map(|(cb, &t)| (t + cb as i64 * v) as i32));
+            audio_ids.extend(
+                row[..c as usize]
+                    .iter()
+                    .enumerate()
+                    .map(|(cb, &t)| (t + cb as i64 * v) as i32),
+            );
             text_ids.push(row[c as usize] as i32);
         }
-        let audio = take_axis(&self.audio_emb, Array::from_slice(&audio_ids, &[l * c]), 0)?.reshape(&[l, c, -1])?;
-        let text = take_axis(&self.text_emb, Array::from_slice(&text_ids, &[l]), 0)?.reshape(&[l, 1, -1])?;
+        let audio = take_axis(&self.audio_emb, Array::from_slice(&audio_ids, &[l * c]), 0)?
+            .reshape(&[l, c, -1])?;
+        let text = take_axis(&self.text_emb, Array::from_slice(&text_ids, &[l]), 0)?
+            .reshape(&[l, 1, -1])?;
         let mask = Array::from_slice(&frames.mask, &[l, w, 1]).as_dtype(mlx_dtype(self.dtype))?;
-        let sum = concatenate(&[audio, text], 1)?.multiply(&mask)?.sum_axis(1, false)?;
+        let sum = concatenate(&[audio, text], 1)?
+            .multiply(&mask)?
+            .sum_axis(1, false)?;
         Ok(sum.reshape(&[1, l, -1])?)
     }
 
     /// Projected embedding of codebook `cb`'s token(s) `ids` (int32 [n]): [1, n, Dd].
     fn audio_input(&self, ids: &Array, cb: usize) -> Result<Array> {
         let offset = Array::from_int((cb * self.vocab) as i32);
-        let e = take_axis(&self.audio_emb, ids.as_dtype(Dtype::Int32)?.add(&offset)?, 0)?;
+        let e = take_axis(
+            &self.audio_emb,
+            ids.as_dtype(Dtype::Int32)?.add(&offset)?,
+            0,
+        )?;
         Ok(e.expand_dims(0)?.matmul(&self.projection_t)?)
     }
 
     /// The reference sampler on one row of f32 logits [V]: (token int32 [1], probs [V]).
-    fn sample(&mut self, logits: &Array, spec: &SamplerSpec, uniforms: Option<&Array>) -> Result<(Array, Array)> {
+    fn sample(
+        &mut self,
+        logits: &Array,
+        spec: &SamplerSpec,
+        uniforms: Option<&Array>,
+    ) -> Result<(Array, Array)> {
         let v = self.vocab as i32;
         if spec.is_greedy() {
             let tok = argmax_axis(logits, 0, true)?.as_dtype(Dtype::Int32)?;
@@ -225,7 +283,11 @@ impl MlxCsm {
             None => scaled,
             Some(k) => {
                 let kth = topk_axis(&scaled, k as i32, 0)?.min(None)?;
-                select(scaled.ge(&kth)?, &scaled, Array::from_f32(f32::NEG_INFINITY))?
+                select(
+                    scaled.ge(&kth)?,
+                    &scaled,
+                    Array::from_f32(f32::NEG_INFINITY),
+                )?
             }
         };
         let probs = softmax_axis(mlx_rs::nn::log_softmax(&kept, 0)?, 0, true)?;
@@ -249,7 +311,9 @@ pub fn mlx_version() -> String {
     unsafe {
         let mut s = mlx_sys::mlx_string_new();
         let v = if mlx_sys::mlx_version(&mut s) == 0 {
-            std::ffi::CStr::from_ptr(mlx_sys::mlx_string_data(s)).to_string_lossy().into_owned()
+            std::ffi::CStr::from_ptr(mlx_sys::mlx_string_data(s))
+                .to_string_lossy()
+                .into_owned()
         } else {
             "unknown".to_string()
         };
@@ -283,10 +347,17 @@ impl Backend for MlxCsm {
     fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput> {
         let (c, v) = (self.codebooks, self.vocab as i32);
         if req.input.width != c + 1 {
-            bail!("frame width {} does not match the model's {} codebooks + text", req.input.width, c);
+            bail!(
+                "frame width {} does not match the model's {} codebooks + text",
+                req.input.width,
+                c
+            );
         }
         if self.backbone.pos + req.input.len() > self.backbone.f.max_seq_len {
-            bail!("sequence exceeds the backbone's max_seq_len {}", self.backbone.f.max_seq_len);
+            bail!(
+                "sequence exceeds the backbone's max_seq_len {}",
+                self.backbone.f.max_seq_len
+            );
         }
         let uniforms = req.uniforms.map(|u| Array::from_slice(u, &[c as i32, v]));
         let x = self.embed(req.input)?;
@@ -305,7 +376,8 @@ impl Backend for MlxCsm {
                 let out = self.decoder.forward(dec_in.as_ref().unwrap(), true)?;
                 let last = out.dim(1) - 1;
                 let out = take_axis(&out, index1(last), 1)?.reshape(&[1, -1])?;
-                let head = take_axis(&self.audio_head, index1(cb as i32 - 1), 0)?.reshape(&[out.dim(1), v])?;
+                let head = take_axis(&self.audio_head, index1(cb as i32 - 1), 0)?
+                    .reshape(&[out.dim(1), v])?;
                 out.matmul(&head)?
             }
             .as_dtype(Dtype::Float32)?
@@ -353,7 +425,11 @@ impl Backend for MlxCsm {
             (false, true) => (None, Some(rest.to_vec())),
             (false, false) => (None, None),
         };
-        Ok(FrameOutput { sampled: tokens.iter().map(|&t| t as i32).collect(), logits, probs })
+        Ok(FrameOutput {
+            sampled: tokens.iter().map(|&t| t as i32).collect(),
+            logits,
+            probs,
+        })
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
@@ -362,18 +438,31 @@ impl Backend for MlxCsm {
         for f in frames {
             all.extend(&Frames::audio(f, self.vocab)?);
         }
-        let h_all = self.backbone.forward(&self.embed(&all)?, false)?.reshape(&[all.len() as i32, -1])?;
+        let h_all = self
+            .backbone
+            .forward(&self.embed(&all)?, false)?
+            .reshape(&[all.len() as i32, -1])?;
         let p = prefix.len() as i32;
         let mut out = Vec::with_capacity(frames.len());
         for (fi, f) in frames.iter().enumerate() {
             let h = take_axis(&h_all, index1(p - 1 + fi as i32), 0)?; // [1, Db]
             let c0 = h.matmul(&self.c0_head_t)?.as_dtype(Dtype::Float32)?;
-            let ids: Vec<i32> = f[..f.len() - 1].iter().enumerate().map(|(cb, &t)| t + cb as i32 * v).collect();
+            let ids: Vec<i32> = f[..f.len() - 1]
+                .iter()
+                .enumerate()
+                .map(|(cb, &t)| t + cb as i32 * v)
+                .collect();
             let embs = take_axis(&self.audio_emb, Array::from_slice(&ids, &[c - 1]), 0)?;
-            let seq = concatenate(&[h, embs], 0)?.expand_dims(0)?.matmul(&self.projection_t)?;
+            let seq = concatenate(&[h, embs], 0)?
+                .expand_dims(0)?
+                .matmul(&self.projection_t)?;
             let dec = self.decoder.forward(&seq, false)?.reshape(&[c, -1])?; // [C, Dd]
-            let rest = take_axis(&dec, Array::arange::<i32, i32>(1, c, None)?, 0)?.expand_dims(1)?; // [C-1, 1, Dd]
-            let depth = rest.matmul(&self.audio_head)?.reshape(&[c - 1, v])?.as_dtype(Dtype::Float32)?;
+            let rest =
+                take_axis(&dec, Array::arange::<i32, i32>(1, c, None)?, 0)?.expand_dims(1)?; // [C-1, 1, Dd]
+            let depth = rest
+                .matmul(&self.audio_head)?
+                .reshape(&[c - 1, v])?
+                .as_dtype(Dtype::Float32)?;
             let rows = concatenate(&[c0, depth], 0)?.reshape(&[-1])?;
             rows.eval()?;
             out.push(rows.as_slice::<f32>().to_vec());

@@ -89,21 +89,36 @@ impl Stack {
         let (x0, x1) = (xs.select(-1, 0), xs.select(-1, 1));
         let out0 = &x0 * &cos - &x1 * &sin;
         let out1 = &x1 * &cos + &x0 * &sin;
-        Tensor::stack(&[out0, out1], -1).reshape([b, h, l, hd]).to_kind(x.kind())
+        Tensor::stack(&[out0, out1], -1)
+            .reshape([b, h, l, hd])
+            .to_kind(x.kind())
     }
 
     /// x: [1, L, D] at positions pos..pos+L. Uses and extends the cache when `cached`.
     fn forward(&mut self, x: &Tensor, cached: bool) -> Tensor {
         let (_, l, _) = x.size3().unwrap();
         let start = if cached { self.pos } else { 0 };
-        let (nh, nkv, hd) = (self.f.num_heads as i64, self.f.num_kv_heads as i64, self.f.head_dim as i64);
+        let (nh, nkv, hd) = (
+            self.f.num_heads as i64,
+            self.f.num_kv_heads as i64,
+            self.f.head_dim as i64,
+        );
         let mut h = x.shallow_clone();
         for i in 0..self.layers.len() {
             let layer = &self.layers[i];
             let xn = self.rms_norm(&h, &layer.sa_norm);
-            let q = xn.linear::<Tensor>(&layer.q, None).view([1, l, nh, hd]).transpose(1, 2);
-            let k = xn.linear::<Tensor>(&layer.k, None).view([1, l, nkv, hd]).transpose(1, 2);
-            let v = xn.linear::<Tensor>(&layer.v, None).view([1, l, nkv, hd]).transpose(1, 2);
+            let q = xn
+                .linear::<Tensor>(&layer.q, None)
+                .view([1, l, nh, hd])
+                .transpose(1, 2);
+            let k = xn
+                .linear::<Tensor>(&layer.k, None)
+                .view([1, l, nkv, hd])
+                .transpose(1, 2);
+            let v = xn
+                .linear::<Tensor>(&layer.v, None)
+                .view([1, l, nkv, hd])
+                .transpose(1, 2);
             let q = self.rope(&q, start);
             let mut k = self.rope(&k, start);
             let mut v = v;
@@ -124,22 +139,34 @@ impl Stack {
                 (k, v)
             };
             let total = k.size()[2];
-            let mut scores = q.to_kind(Kind::Float).matmul(&k.to_kind(Kind::Float).transpose(-2, -1))
+            let mut scores = q
+                .to_kind(Kind::Float)
+                .matmul(&k.to_kind(Kind::Float).transpose(-2, -1))
                 * (1.0 / (hd as f64).sqrt());
             if l > 1 {
                 // Query i sits at absolute position start + i and sees keys 0..=start+i.
-                let qpos = Tensor::arange_start(start as i64, start as i64 + l, (Kind::Int64, Device::Cpu));
+                let qpos = Tensor::arange_start(
+                    start as i64,
+                    start as i64 + l,
+                    (Kind::Int64, Device::Cpu),
+                );
                 let kpos = Tensor::arange(total, (Kind::Int64, Device::Cpu));
                 let masked = kpos.unsqueeze(0).gt_tensor(&qpos.unsqueeze(1));
                 scores = scores.masked_fill(&masked, f64::NEG_INFINITY);
             }
-            let attn = scores.softmax(-1, Kind::Float).matmul(&v.to_kind(Kind::Float)).to_kind(h.kind());
-            let attn = attn.transpose(1, 2).reshape([1, l, nh * hd]).linear::<Tensor>(&layer.o, None);
-            h = h + attn;
+            let attn = scores
+                .softmax(-1, Kind::Float)
+                .matmul(&v.to_kind(Kind::Float))
+                .to_kind(h.kind());
+            let attn = attn
+                .transpose(1, 2)
+                .reshape([1, l, nh * hd])
+                .linear::<Tensor>(&layer.o, None);
+            h += attn;
             let xn = self.rms_norm(&h, &layer.mlp_norm);
             let gate = xn.linear::<Tensor>(&layer.w1, None).silu();
             let up = xn.linear::<Tensor>(&layer.w3, None);
-            h = h + (gate * up).linear::<Tensor>(&layer.w2, None);
+            h += (gate * up).linear::<Tensor>(&layer.w2, None);
         }
         if cached {
             self.pos += l as usize;
@@ -188,24 +215,45 @@ impl TorchCsm {
 
     /// Sum of the unmasked columns' embeddings: [1, L, D].
     fn embed(&self, frames: &Frames) -> Tensor {
-        let (l, w, c) = (frames.len() as i64, frames.width as i64, self.codebooks as i64);
+        let (l, w, c) = (
+            frames.len() as i64,
+            frames.width as i64,
+            self.codebooks as i64,
+        );
         let tokens = Tensor::from_slice(&frames.tokens).view([l, w]);
-        let mask = Tensor::from_slice(&frames.mask).view([l, w, 1]).to_kind(self.kind);
+        let mask = Tensor::from_slice(&frames.mask)
+            .view([l, w, 1])
+            .to_kind(self.kind);
         let offsets = Tensor::arange(c, (Kind::Int64, Device::Cpu)) * self.vocab as i64;
         let audio_ids = tokens.narrow(1, 0, c) + offsets.unsqueeze(0);
-        let audio = self.audio_emb.index_select(0, &audio_ids.reshape([-1])).view([l, c, -1]);
-        let text = self.text_emb.index_select(0, &tokens.select(1, c)).view([l, 1, -1]);
-        (Tensor::cat(&[audio, text], 1) * mask).sum_dim_intlist(1, false, self.kind).unsqueeze(0)
+        let audio = self
+            .audio_emb
+            .index_select(0, &audio_ids.reshape([-1]))
+            .view([l, c, -1]);
+        let text = self
+            .text_emb
+            .index_select(0, &tokens.select(1, c))
+            .view([l, 1, -1]);
+        (Tensor::cat(&[audio, text], 1) * mask)
+            .sum_dim_intlist(1, false, self.kind)
+            .unsqueeze(0)
     }
 
     /// Embedding of audio token(s) `ids` (int64 tensor [n]) of codebook `cb`, projected: [1, n, Dd].
     fn audio_input(&self, ids: &Tensor, cb: i64) -> Tensor {
-        let e = self.audio_emb.index_select(0, &(ids + cb * self.vocab as i64));
+        let e = self
+            .audio_emb
+            .index_select(0, &(ids + cb * self.vocab as i64));
         e.unsqueeze(0).linear::<Tensor>(&self.projection, None)
     }
 
     /// The reference sampler on one row of f32 logits [V]: returns (token [1] int64, probs [V]).
-    fn sample(&self, logits: &Tensor, spec: &SamplerSpec, uniforms: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    fn sample(
+        &self,
+        logits: &Tensor,
+        spec: &SamplerSpec,
+        uniforms: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         if spec.is_greedy() {
             let tok = logits.argmax(0, true);
             let probs = Tensor::zeros([self.vocab as i64], (Kind::Float, Device::Cpu))
@@ -236,7 +284,10 @@ impl Backend for TorchCsm {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: "torch".into(),
-            library_version: format!("libtorch {} (tch 0.26)", env!("CSM_PARITY_LIBTORCH_VERSION")),
+            library_version: format!(
+                "libtorch {} (tch 0.26)",
+                env!("CSM_PARITY_LIBTORCH_VERSION")
+            ),
             device: "cpu".into(),
             dtype: self.dtype.name().into(),
             fault: None,
@@ -259,13 +310,24 @@ impl Backend for TorchCsm {
         let _guard = tch::no_grad_guard();
         let (c, v) = (self.codebooks, self.vocab as i64);
         if req.input.width != c + 1 {
-            bail!("frame width {} does not match the model's {} codebooks + text", req.input.width, c);
+            bail!(
+                "frame width {} does not match the model's {} codebooks + text",
+                req.input.width,
+                c
+            );
         }
         if self.backbone.pos + req.input.len() > self.backbone.f.max_seq_len {
-            bail!("sequence exceeds the backbone's max_seq_len {}", self.backbone.f.max_seq_len);
+            bail!(
+                "sequence exceeds the backbone's max_seq_len {}",
+                self.backbone.f.max_seq_len
+            );
         }
-        let uniforms = req.uniforms.map(|u| Tensor::from_slice(u).view([c as i64, v]));
-        let forced = req.forced.map(|f| Tensor::from_slice(f).to_kind(Kind::Int64));
+        let uniforms = req
+            .uniforms
+            .map(|u| Tensor::from_slice(u).view([c as i64, v]));
+        let forced = req
+            .forced
+            .map(|f| Tensor::from_slice(f).to_kind(Kind::Int64));
         let x = self.embed(req.input);
         let h_all = self.backbone.forward(&x, true);
         let h = h_all.select(1, -1); // [1, Db]
@@ -319,7 +381,11 @@ impl Backend for TorchCsm {
             (false, true) => (None, Some(rest.to_vec())),
             (false, false) => (None, None),
         };
-        Ok(FrameOutput { sampled: tokens.iter().map(|&t| t as i32).collect(), logits, probs })
+        Ok(FrameOutput {
+            sampled: tokens.iter().map(|&t| t as i32).collect(),
+            logits,
+            probs,
+        })
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
@@ -329,18 +395,32 @@ impl Backend for TorchCsm {
         for f in frames {
             all.extend(&Frames::audio(f, self.vocab)?);
         }
-        let h_all = self.backbone.forward(&self.embed(&all), false).squeeze_dim(0); // [T, Db]
+        let h_all = self
+            .backbone
+            .forward(&self.embed(&all), false)
+            .squeeze_dim(0); // [T, Db]
         let p = prefix.len() as i64;
         let mut out = Vec::with_capacity(frames.len());
         for (fi, f) in frames.iter().enumerate() {
             let h = h_all.get(p - 1 + fi as i64).unsqueeze(0); // [1, Db]
-            let c0 = h.linear::<Tensor>(&self.c0_head, None).to_kind(Kind::Float).view([1, v]);
+            let c0 = h
+                .linear::<Tensor>(&self.c0_head, None)
+                .to_kind(Kind::Float)
+                .view([1, v]);
             let ids = Tensor::from_slice(&f[..f.len() - 1]).to_kind(Kind::Int64);
             let offsets = Tensor::arange(c - 1, (Kind::Int64, Device::Cpu)) * v;
-            let embs = self.audio_emb.index_select(0, &(ids + offsets)).unsqueeze(0);
-            let seq = Tensor::cat(&[h.unsqueeze(1), embs], 1).linear::<Tensor>(&self.projection, None);
+            let embs = self
+                .audio_emb
+                .index_select(0, &(ids + offsets))
+                .unsqueeze(0);
+            let seq =
+                Tensor::cat(&[h.unsqueeze(1), embs], 1).linear::<Tensor>(&self.projection, None);
             let dec = self.decoder.forward(&seq, false).squeeze_dim(0); // [C, Dd]
-            let depth = dec.narrow(0, 1, c - 1).unsqueeze(1).matmul(&self.audio_head).squeeze_dim(1);
+            let depth = dec
+                .narrow(0, 1, c - 1)
+                .unsqueeze(1)
+                .matmul(&self.audio_head)
+                .squeeze_dim(1);
             let rows = Tensor::cat(&[c0, depth.to_kind(Kind::Float)], 0);
             out.push(Vec::<f32>::try_from(rows.reshape([-1]))?);
         }

@@ -17,7 +17,11 @@ pub struct FixtureArgs {
 
 pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
     fixture::write_fixture(&a.out, a.seed)?;
-    println!("wrote the tiny CSM fixture (seed {}) to {}", a.seed, a.out.display());
+    println!(
+        "wrote the tiny CSM fixture (seed {}) to {}",
+        a.seed,
+        a.out.display()
+    );
     Ok(0)
 }
 
@@ -36,12 +40,15 @@ pub struct VerifyArgs {
     /// Which backends (with one, only its cache parity is checked).
     #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
     pub backend: BackendChoice,
-    /// Largest |mlx − torch| logit allowed.
-    #[arg(long, default_value_t = 1e-4)]
-    pub atol: f64,
-    /// Largest |cached − recomputed| logit allowed.
+    /// Largest |mlx − torch| logit allowed [default: 1e-4 for f32, 1e-1 for f16, 5e-1 for bf16].
+    #[arg(long)]
+    pub atol: Option<f64>,
+    /// Cache check, per (frame, codebook) row: max|cached − recomputed| ≤ cache-atol +
+    /// cache-rtol·max|recomputed| (f32 rounding grows with the logits' magnitude).
     #[arg(long, default_value_t = 1e-5)]
     pub cache_atol: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub cache_rtol: f64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -55,8 +62,13 @@ pub fn run_verify(a: VerifyArgs) -> Result<i32> {
         text: a.text,
         speaker: a.speaker,
         backends: a.backend.kinds()?,
-        atol: a.atol,
+        atol: a.atol.unwrap_or(match a.model.dtype {
+            crate::model::DType::F32 => 1e-4,
+            crate::model::DType::F16 => 1e-1,
+            crate::model::DType::BF16 => 5e-1,
+        }),
         cache_atol: a.cache_atol,
+        cache_rtol: a.cache_rtol,
     };
     let report = crate::verify::verify(&model, &opts)?;
     if a.json {

@@ -71,7 +71,9 @@ impl LlamaFlavor {
         match name {
             "llama-1B" => Ok(Self::llama_1b()),
             "llama-100M" => Ok(Self::llama_100m()),
-            other => bail!("unknown Llama flavour {other:?} (expected \"llama-1B\" or \"llama-100M\")"),
+            other => {
+                bail!("unknown Llama flavour {other:?} (expected \"llama-1B\" or \"llama-100M\")")
+            }
         }
     }
 
@@ -107,9 +109,9 @@ impl LlamaFlavor {
         let ok = self.num_layers > 0
             && self.num_heads > 0
             && self.num_kv_heads > 0
-            && self.num_heads % self.num_kv_heads == 0
+            && self.num_heads.is_multiple_of(self.num_kv_heads)
             && self.head_dim > 0
-            && self.head_dim % 2 == 0
+            && self.head_dim.is_multiple_of(2)
             && self.embed_dim > 0
             && self.intermediate_dim > 0;
         if !ok {
@@ -274,7 +276,10 @@ impl CsmConfig {
         };
         if let Some(n) = dd.get("num_codebooks").and_then(Value::as_u64) {
             if n as usize != cfg.audio_num_codebooks {
-                bail!("depth_decoder_config.num_codebooks {n} differs from num_codebooks {}", cfg.audio_num_codebooks);
+                bail!(
+                    "depth_decoder_config.num_codebooks {n} differs from num_codebooks {}",
+                    cfg.audio_num_codebooks
+                );
             }
         }
         if v.get("tie_codebooks_embeddings").and_then(Value::as_bool) == Some(false) {
@@ -300,8 +305,14 @@ fn get_f64(v: &Value, key: &str) -> Result<f64> {
 fn parse_flat_flavor(v: &Value) -> Result<LlamaFlavor> {
     let heads = get_usize(v, "num_heads")?;
     let dim = get_usize(v, "embed_dim")?;
-    let use_scaled = v.get("use_scaled_rope").and_then(Value::as_bool).unwrap_or(true);
-    let factor = v.get("scale_factor").and_then(Value::as_f64).unwrap_or(32.0);
+    let use_scaled = v
+        .get("use_scaled_rope")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let factor = v
+        .get("scale_factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(32.0);
     let scaling = (use_scaled && v.get("scale_factor").is_some_and(|f| !f.is_null())).then(|| {
         Ok::<_, anyhow::Error>(RopeScaling {
             factor,
@@ -315,7 +326,10 @@ fn parse_flat_flavor(v: &Value) -> Result<LlamaFlavor> {
         num_heads: heads,
         num_kv_heads: get_usize(v, "num_kv_heads")?,
         embed_dim: dim,
-        head_dim: v.get("head_dim").and_then(Value::as_u64).map_or(dim / heads.max(1), |h| h as usize),
+        head_dim: v
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map_or(dim / heads.max(1), |h| h as usize),
         intermediate_dim: get_usize(v, "intermediate_dim")?,
         norm_eps: get_f64(v, "norm_eps")?,
         rope_base: get_f64(v, "rope_base")?,
@@ -351,23 +365,37 @@ fn parse_hf_flavor(v: &Value) -> Result<LlamaFlavor> {
                     factor: get_f64(p, "factor")?,
                     low_freq_factor: get_f64(p, "low_freq_factor")?,
                     high_freq_factor: get_f64(p, "high_freq_factor")?,
-                    original_max_position_embeddings: get_usize(p, "original_max_position_embeddings")?,
+                    original_max_position_embeddings: get_usize(
+                        p,
+                        "original_max_position_embeddings",
+                    )?,
                 }),
-                other => bail!("rope_type {other:?} is not supported (expected \"llama3\" or \"default\")"),
+                other => bail!(
+                    "rope_type {other:?} is not supported (expected \"llama3\" or \"default\")"
+                ),
             }
         }
     };
     Ok(LlamaFlavor {
         num_layers: get_usize(v, "num_hidden_layers")?,
         num_heads: heads,
-        num_kv_heads: v.get("num_key_value_heads").and_then(Value::as_u64).map_or(heads, |n| n as usize),
+        num_kv_heads: v
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map_or(heads, |n| n as usize),
         embed_dim: dim,
-        head_dim: v.get("head_dim").and_then(Value::as_u64).map_or(dim / heads.max(1), |h| h as usize),
+        head_dim: v
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map_or(dim / heads.max(1), |h| h as usize),
         intermediate_dim: get_usize(v, "intermediate_size")?,
         norm_eps: get_f64(v, "rms_norm_eps")?,
         rope_base: theta,
         rope_scaling: scaling,
-        max_seq_len: v.get("max_position_embeddings").and_then(Value::as_u64).map_or(2048, |n| n as usize),
+        max_seq_len: v
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .map_or(2048, |n| n as usize),
     })
 }
 
@@ -385,7 +413,11 @@ mod tests {
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
         let f = CsmConfig::csm_1b().backbone;
         let scaled = f.rope_inv_freq();
-        let plain = LlamaFlavor { rope_scaling: None, ..f.clone() }.rope_inv_freq();
+        let plain = LlamaFlavor {
+            rope_scaling: None,
+            ..f.clone()
+        }
+        .rope_inv_freq();
         assert_eq!(scaled.len(), 32);
         assert_eq!(scaled[0], plain[0]);
         let last = scaled.len() - 1;
@@ -399,7 +431,10 @@ mod tests {
         assert_eq!(c, back);
         let mut off = c.clone();
         off.backbone.rope_scaling = None;
-        assert_eq!(CsmConfig::from_json(&off.to_original_json(), "t").unwrap(), off);
+        assert_eq!(
+            CsmConfig::from_json(&off.to_original_json(), "t").unwrap(),
+            off
+        );
     }
 
     #[test]

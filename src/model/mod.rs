@@ -30,17 +30,28 @@ impl CsmModel {
         } else {
             None
         };
-        Ok(CsmModel { dir: dir.to_path_buf(), config, weights, tokenizer })
+        Ok(CsmModel {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+        })
     }
 
     /// The prompt frames of `text` spoken by `speaker`.
     pub fn prompt_frames(&self, speaker: u32, text: &str) -> Result<(Vec<u32>, Frames)> {
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .with_context(|| format!("{}: no tokenizer.json (needed for --text)", self.dir.display()))?;
+        let tok = self.tokenizer.as_ref().with_context(|| {
+            format!(
+                "{}: no tokenizer.json (needed for --text)",
+                self.dir.display()
+            )
+        })?;
         let ids = tok.encode_segment(speaker, text)?;
-        let frames = Frames::text(&ids, self.config.audio_num_codebooks, self.config.text_vocab_size)?;
+        let frames = Frames::text(
+            &ids,
+            self.config.audio_num_codebooks,
+            self.config.text_vocab_size,
+        )?;
         Ok((ids, frames))
     }
 }

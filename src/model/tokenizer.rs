@@ -85,7 +85,11 @@ impl Frames {
             tokens[i * width + codebooks] = id as i64;
             mask[i * width + codebooks] = 1.0;
         }
-        Ok(Frames { width, tokens, mask })
+        Ok(Frames {
+            width,
+            tokens,
+            mask,
+        })
     }
 
     /// One audio frame (all codebooks unmasked, text column masked out).
@@ -100,7 +104,11 @@ impl Frames {
             tokens[c] = code as i64;
             mask[c] = 1.0;
         }
-        Ok(Frames { width, tokens, mask })
+        Ok(Frames {
+            width,
+            tokens,
+            mask,
+        })
     }
 
     /// Appends `other`'s rows.
@@ -115,7 +123,10 @@ impl Frames {
 pub fn load_tokenizer(model_dir: &Path) -> Result<PromptTokenizer> {
     let path = model_dir.join("tokenizer.json");
     if !path.is_file() {
-        bail!("{}: no tokenizer.json (needed to turn --text into tokens)", model_dir.display());
+        bail!(
+            "{}: no tokenizer.json (needed to turn --text into tokens)",
+            model_dir.display()
+        );
     }
     PromptTokenizer::from_file(&path).context("loading the tokenizer")
 }

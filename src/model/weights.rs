@@ -56,7 +56,11 @@ impl HostTensor {
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
         assert_eq!(shape.iter().product::<usize>(), values.len());
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        HostTensor { shape, dtype: DType::F32, data }
+        HostTensor {
+            shape,
+            dtype: DType::F32,
+            data,
+        }
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -120,9 +124,18 @@ pub fn expected_tensors(cfg: &CsmConfig) -> Vec<(String, Vec<usize>)> {
         for i in 0..f.num_layers {
             let p = format!("{stack}.layers.{i}");
             out.push((format!("{p}.attn.q_proj.weight"), vec![f.num_heads * hd, d]));
-            out.push((format!("{p}.attn.k_proj.weight"), vec![f.num_kv_heads * hd, d]));
-            out.push((format!("{p}.attn.v_proj.weight"), vec![f.num_kv_heads * hd, d]));
-            out.push((format!("{p}.attn.output_proj.weight"), vec![d, f.num_heads * hd]));
+            out.push((
+                format!("{p}.attn.k_proj.weight"),
+                vec![f.num_kv_heads * hd, d],
+            ));
+            out.push((
+                format!("{p}.attn.v_proj.weight"),
+                vec![f.num_kv_heads * hd, d],
+            ));
+            out.push((
+                format!("{p}.attn.output_proj.weight"),
+                vec![d, f.num_heads * hd],
+            ));
             out.push((format!("{p}.sa_norm.scale"), vec![d]));
             out.push((format!("{p}.mlp_norm.scale"), vec![d]));
             out.push((format!("{p}.mlp.w1.weight"), vec![m, d]));
@@ -137,7 +150,10 @@ pub fn expected_tensors(cfg: &CsmConfig) -> Vec<(String, Vec<usize>)> {
         cfg.audio_vocab_size,
         cfg.audio_num_codebooks,
     );
-    out.push(("text_embeddings.weight".into(), vec![cfg.text_vocab_size, db]));
+    out.push((
+        "text_embeddings.weight".into(),
+        vec![cfg.text_vocab_size, db],
+    ));
     out.push(("audio_embeddings.weight".into(), vec![v * c, db]));
     out.push(("projection.weight".into(), vec![dd, db]));
     out.push(("codebook0_head.weight".into(), vec![v, db]));
@@ -150,11 +166,17 @@ pub fn expected_tensors(cfg: &CsmConfig) -> Vec<(String, Vec<usize>)> {
 fn hf_to_original(key: &str) -> Option<Option<String>> {
     const FIXED: &[(&str, &str)] = &[
         ("embed_text_tokens.weight", "text_embeddings.weight"),
-        ("backbone_model.embed_tokens.embed_audio_tokens.weight", "audio_embeddings.weight"),
+        (
+            "backbone_model.embed_tokens.embed_audio_tokens.weight",
+            "audio_embeddings.weight",
+        ),
         ("backbone_model.norm.weight", "backbone.norm.scale"),
         ("lm_head.weight", "codebook0_head.weight"),
         ("depth_decoder.model.norm.weight", "decoder.norm.scale"),
-        ("depth_decoder.model.inputs_embeds_projector.weight", "projection.weight"),
+        (
+            "depth_decoder.model.inputs_embeds_projector.weight",
+            "projection.weight",
+        ),
         ("depth_decoder.codebooks_head.weight", "audio_head"),
     ];
     if let Some((_, o)) = FIXED.iter().find(|(h, _)| *h == key) {
@@ -203,10 +225,19 @@ fn unpermute_rows(t: &HostTensor, head_dim: usize) -> HostTensor {
     let rows = t.shape[0];
     for r in 0..rows {
         let (head, j) = (r / head_dim, r % head_dim);
-        let src = head * head_dim + if j % 2 == 0 { j / 2 } else { j / 2 + head_dim / 2 };
+        let src = head * head_dim
+            + if j % 2 == 0 {
+                j / 2
+            } else {
+                j / 2 + head_dim / 2
+            };
         data[r * row..(r + 1) * row].copy_from_slice(&t.data[src * row..(src + 1) * row]);
     }
-    HostTensor { shape: t.shape.clone(), dtype: t.dtype, data }
+    HostTensor {
+        shape: t.shape.clone(),
+        dtype: t.dtype,
+        data,
+    }
 }
 
 /// A validated checkpoint.
@@ -255,7 +286,10 @@ pub fn weight_files(model: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .with_context(|| format!("{}: no \"weight_map\" object", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| model.join(f)).collect());
@@ -272,7 +306,8 @@ pub fn load_csm(model: &Path, cfg: &CsmConfig) -> Result<CsmWeights> {
     let mut raw: Vec<(String, HostTensor, PathBuf)> = Vec::new();
     let mut hasher = Sha256::new();
     for file in &files {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read weights {}", file.display()))?;
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("cannot read weights {}", file.display()))?;
         hasher.update(&bytes);
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
@@ -289,7 +324,11 @@ pub fn load_csm(model: &Path, cfg: &CsmConfig) -> Result<CsmWeights> {
                     file.display()
                 ),
             };
-            let t = HostTensor { shape: view.shape().to_vec(), dtype, data: view.data().to_vec() };
+            let t = HostTensor {
+                shape: view.shape().to_vec(),
+                dtype,
+                data: view.data().to_vec(),
+            };
             raw.push((name, t, file.clone()));
         }
     }
@@ -305,7 +344,11 @@ pub fn map_and_validate(
     files: Vec<PathBuf>,
 ) -> Result<CsmWeights> {
     let n_hf = raw.iter().filter(|(k, ..)| is_hf_key(k)).count();
-    let layout = if n_hf * 2 > raw.len() { Layout::Hf } else { Layout::Original };
+    let layout = if n_hf * 2 > raw.len() {
+        Layout::Hf
+    } else {
+        Layout::Original
+    };
     let expected: BTreeMap<String, Vec<usize>> = expected_tensors(cfg).into_iter().collect();
     let mut tensors = BTreeMap::new();
     let mut ignored = Vec::new();
@@ -331,7 +374,10 @@ pub fn map_and_validate(
             },
         };
         let Some(shape) = expected.get(&name) else {
-            bail!("{}: unexpected key {key:?} (not part of the CSM architecture of this config)", file.display());
+            bail!(
+                "{}: unexpected key {key:?} (not part of the CSM architecture of this config)",
+                file.display()
+            );
         };
         if &t.shape != shape {
             bail!(
@@ -341,8 +387,14 @@ pub fn map_and_validate(
                 shape
             );
         }
-        let t = if layout == Layout::Hf && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
-            let hd = if name.starts_with("backbone") { cfg.backbone.head_dim } else { cfg.decoder.head_dim };
+        let t = if layout == Layout::Hf
+            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
+        {
+            let hd = if name.starts_with("backbone") {
+                cfg.backbone.head_dim
+            } else {
+                cfg.decoder.head_dim
+            };
             unpermute_rows(&t, hd)
         } else {
             t
@@ -358,11 +410,19 @@ pub fn map_and_validate(
         };
         bail!(
             "{}: missing tensor {shown:?} (shape {shape:?}, {} layout)",
-            files.first().map_or(String::new(), |f| f.display().to_string()),
+            files
+                .first()
+                .map_or(String::new(), |f| f.display().to_string()),
             layout.name()
         );
     }
-    Ok(CsmWeights { layout, tensors, ignored, sha256, files })
+    Ok(CsmWeights {
+        layout,
+        tensors,
+        ignored,
+        sha256,
+        files,
+    })
 }
 
 /// The transformers name of an original key (for messages).
@@ -387,7 +447,11 @@ fn hf_candidates(name: &str) -> Vec<String> {
     ];
     let mut out: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     if let Some((stack, rest)) = name.split_once(".layers.") {
-        let prefix = if stack == "backbone" { "backbone_model.layers." } else { "depth_decoder.model.layers." };
+        let prefix = if stack == "backbone" {
+            "backbone_model.layers."
+        } else {
+            "depth_decoder.model.layers."
+        };
         let (idx, _) = rest.split_once('.').unwrap_or((rest, ""));
         for leaf in [
             "self_attn.q_proj.weight",

@@ -39,13 +39,23 @@ pub struct SamplerSpec {
 
 impl SamplerSpec {
     pub fn greedy() -> Self {
-        SamplerSpec { temperature: 0.0, top_k: 0, noise: NoiseMode::Shared, seed: 0 }
+        SamplerSpec {
+            temperature: 0.0,
+            top_k: 0,
+            noise: NoiseMode::Shared,
+            seed: 0,
+        }
     }
     pub fn new(temperature: f64, top_k: usize, noise: NoiseMode, seed: u64) -> Result<Self> {
         if !temperature.is_finite() || temperature < 0.0 {
             bail!("--temp must be a finite number ≥ 0 (0 means greedy), got {temperature}");
         }
-        Ok(SamplerSpec { temperature: temperature as f32, top_k, noise, seed })
+        Ok(SamplerSpec {
+            temperature: temperature as f32,
+            top_k,
+            noise,
+            seed,
+        })
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
@@ -67,7 +77,9 @@ pub fn parse_top_k(s: &str) -> Result<usize, String> {
 pub fn parse_temperature(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        _ => Err(format!("expected a finite number ≥ 0 (0 = greedy), got {s:?}")),
+        _ => Err(format!(
+            "expected a finite number ≥ 0 (0 = greedy), got {s:?}"
+        )),
     }
 }
 
@@ -84,7 +96,10 @@ impl SharedNoise {
 
     /// Uniform draws in (0, 1) for one sampling step, one per vocabulary entry.
     pub fn uniforms_into(seed: u64, frame: u64, codebook: u64, out: &mut [f32]) {
-        let key = Self::mix(Self::mix(Self::mix(seed ^ 0x5EED) ^ frame.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ codebook);
+        let key = Self::mix(
+            Self::mix(Self::mix(seed ^ 0x5EED) ^ frame.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                ^ codebook,
+        );
         for (i, u) in out.iter_mut().enumerate() {
             let x = Self::mix(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             // 24 random bits centred in their cell: strictly inside (0, 1) in f32.
@@ -108,14 +123,20 @@ impl SharedNoise {
 pub enum PostProcess {
     None,
     /// The "codec safety" remap seen in MLX ports: tokens lo..=hi become 0.
-    RemapLow { lo: i32, hi: i32 },
+    RemapLow {
+        lo: i32,
+        hi: i32,
+    },
 }
 
 impl PostProcess {
     pub fn apply(&self, tokens: &[i32]) -> Vec<i32> {
         match *self {
             PostProcess::None => tokens.to_vec(),
-            PostProcess::RemapLow { lo, hi } => tokens.iter().map(|&t| if (lo..=hi).contains(&t) { 0 } else { t }).collect(),
+            PostProcess::RemapLow { lo, hi } => tokens
+                .iter()
+                .map(|&t| if (lo..=hi).contains(&t) { 0 } else { t })
+                .collect(),
         }
     }
 }
@@ -135,10 +156,14 @@ impl FromStr for PostProcess {
         if s == "none" {
             return Ok(PostProcess::None);
         }
-        let err = || format!("expected `none` or `remap-low:<lo>-<hi>` (e.g. remap-low:1-31), got {s:?}");
+        let err =
+            || format!("expected `none` or `remap-low:<lo>-<hi>` (e.g. remap-low:1-31), got {s:?}");
         let range = s.strip_prefix("remap-low:").ok_or_else(err)?;
         let (lo, hi) = range.split_once('-').ok_or_else(err)?;
-        let (lo, hi): (i32, i32) = (lo.parse().map_err(|_| err())?, hi.parse().map_err(|_| err())?);
+        let (lo, hi): (i32, i32) = (
+            lo.parse().map_err(|_| err())?,
+            hi.parse().map_err(|_| err())?,
+        );
         if lo < 0 || hi < lo {
             return Err(err());
         }
@@ -152,7 +177,13 @@ pub fn reference_sample(logits: &[f32], spec: &SamplerSpec, u: &[f32]) -> (i32, 
     let argmax = |xs: &[f32]| {
         xs.iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
             .0 as i32
     };
     if spec.is_greedy() {
@@ -168,7 +199,10 @@ pub fn reference_sample(logits: &[f32], spec: &SamplerSpec, u: &[f32]) -> (i32, 
             let mut sorted = scaled.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
             let kth = sorted[k - 1];
-            scaled.iter().map(|&v| if v >= kth { v } else { f32::NEG_INFINITY }).collect()
+            scaled
+                .iter()
+                .map(|&v| if v >= kth { v } else { f32::NEG_INFINITY })
+                .collect()
         }
     };
     let max = kept.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -200,7 +234,10 @@ mod tests {
         assert_eq!(p.apply(&[0, 1, 31, 32, 2050]), vec![0, 0, 0, 32, 2050]);
         assert_eq!(p.to_string(), "remap-low:1-31");
         assert!("remap-low:5-1".parse::<PostProcess>().is_err());
-        assert!("clip".parse::<PostProcess>().unwrap_err().contains("remap-low"));
+        assert!("clip"
+            .parse::<PostProcess>()
+            .unwrap_err()
+            .contains("remap-low"));
     }
 
     #[test]
