@@ -23,7 +23,7 @@ demo: build
 
 # Set up, then run the whole test suite (both backends, then the backend-neutral build).
 test: setup
-    cargo test --all-targets
+    cargo test
     cargo test --no-default-features --lib --tests
 
 # Formatting and lints (warnings are errors).
