@@ -100,5 +100,35 @@ fn main() {
         peak_rss_mb(),
         file_gb
     );
+    // Breakdown: the per-step kernel alone on frames already in memory.
+    let mut buf_a = csm_parity::capture::FrameBuf::default();
+    let mut buf_b = csm_parity::capture::FrameBuf::default();
+    let nf = frames.min(200);
+    let t2 = Instant::now();
+    for f in 0..nf {
+        a.logits().unwrap().read_frame(f, &mut buf_a).unwrap();
+        b.logits().unwrap().read_frame(f, &mut buf_b).unwrap();
+    }
+    let read_s = t2.elapsed().as_secs_f64();
+    let t3 = Instant::now();
+    let mut acc = 0f64;
+    for _ in 0..nf {
+        for k in 0..c {
+            let r = csm_parity::analysis::metrics::compare_logits_dense(
+                &buf_a.values()[k * v..(k + 1) * v],
+                &buf_b.values()[k * v..(k + 1) * v],
+                1e-3,
+                1e-3,
+            );
+            acc += r.kl;
+        }
+    }
+    let kern_s = t3.elapsed().as_secs_f64();
+    let bytes = (nf * c * v * 8) as f64 / 1e9;
+    println!(
+        "breakdown: read {:.2} GB/s, kernel {:.2} GB/s (both runs' bytes; checksum {acc:.3e})",
+        bytes / read_s,
+        bytes / kern_s
+    );
     drop(tmp);
 }

@@ -8,19 +8,34 @@ use std::collections::HashMap;
 /// straight-line arithmetic so the compiler vectorizes the loops that call it.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    let x = fmax(x, -87.0);
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    let n = (x * LOG2E).round();
+    // Round to nearest via the 1.5·2^23 trick: the integer n then sits in the low mantissa bits
+    // of t, so 2^n is built with integer ops only (no float→int conversion: vectorizes).
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     // Cody–Waite: r = x - n ln2 with ln2 split in two.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    // exp(r) on |r| <= ln2/2, degree-6 Taylor/minimax.
+    // exp(r) on |r| <= ln2/2, degree-6 Taylor.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let bits = (ni.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
+}
+
+/// max without NaN special-casing (maps to maxps); NaNs are detected separately via sums.
+#[inline(always)]
+fn fmax(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 /// Comparison of one step's logits (reference `a`, candidate `b`).
@@ -75,32 +90,58 @@ thread_local! {
 pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> LogitStep {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len();
-    let (argmax_a, max_a) = argmax_max(a);
-    let (argmax_b, _) = argmax_max(b);
+    // Maxima in lanes (vectorized), then the first index holding each.
+    let mut ma = [f32::NEG_INFINITY; LANES];
+    let mut mb = [f32::NEG_INFINITY; LANES];
+    for (xa, xb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            ma[l] = fmax(ma[l], xa[l]);
+            mb[l] = fmax(mb[l], xb[l]);
+        }
+    }
+    let tail0 = n - n % LANES;
+    let max_a = a[tail0..].iter().fold(
+        ma.iter().fold(f32::NEG_INFINITY, |p, &q| p.max(q)),
+        |p, &q| p.max(q),
+    );
+    let max_b = b[tail0..].iter().fold(
+        mb.iter().fold(f32::NEG_INFINITY, |p, &q| p.max(q)),
+        |p, &q| p.max(q),
+    );
+    let argmax_a = a.iter().position(|&x| x == max_a).unwrap_or(0) as u32;
+    let argmax_b = b.iter().position(|&x| x == max_b).unwrap_or(0) as u32;
     SCRATCH.with(|sc| {
         let mut e = sc.borrow_mut();
         e.clear();
         e.resize(n, 0.0);
-        // Pass 1 (vectorized in lanes): errors, breach, unnormalized P.
+        // Small lane loops (each unrolls and vectorizes): unnormalized P, its sums, errors.
+        for (p, &x) in e.iter_mut().zip(a) {
+            *p = exp_neg(x - max_a);
+        }
+        let mut sa = [0f32; LANES];
+        let mut sd = [0f32; LANES];
+        for ((xa, xb), ee) in a
+            .chunks_exact(LANES)
+            .zip(b.chunks_exact(LANES))
+            .zip(e.chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                sa[l] += ee[l];
+                sd[l] += ee[l] * (xa[l] - xb[l]);
+            }
+        }
         let mut mx = [0f32; LANES];
         let mut sm = [0f32; LANES];
         let mut rel = [0f32; LANES];
         let mut br = [f32::NEG_INFINITY; LANES];
-        let mut sa = [0f32; LANES];
-        let ca = a.chunks_exact(LANES);
-        let cb = b.chunks_exact(LANES);
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for ((xa, xb), ee) in ca.zip(cb).zip(e.chunks_exact_mut(LANES)) {
+        for (xa, xb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
             for l in 0..LANES {
                 let d = (xa[l] - xb[l]).abs();
                 let m = xa[l].abs();
-                mx[l] = mx[l].max(d);
+                mx[l] = fmax(mx[l], d);
                 sm[l] += d;
-                rel[l] = rel[l].max(d / m.max(f32::MIN_POSITIVE));
-                br[l] = br[l].max(d - (atol + rtol * m));
-                let p = exp_neg(xa[l] - max_a);
-                ee[l] = p;
-                sa[l] += p;
+                rel[l] = fmax(rel[l], d / fmax(m, f32::MIN_POSITIVE));
+                br[l] = fmax(br[l], d - (atol + rtol * m));
             }
         }
         let mut max_abs = mx.iter().fold(0f32, |p, &q| p.max(q));
@@ -108,35 +149,65 @@ pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> Logit
         let mut max_rel = rel.iter().fold(0f32, |p, &q| p.max(q));
         let mut breach = br.iter().fold(f32::NEG_INFINITY, |p, &q| p.max(q));
         let mut sum_a: f64 = sa.iter().map(|&v| v as f64).sum();
-        let tail = n - ra.len();
-        for (k, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        let mut sum_d: f64 = sd.iter().map(|&v| v as f64).sum();
+        for k in tail0..n {
+            let (x, y) = (a[k], b[k]);
             let d = (x - y).abs();
             let m = x.abs();
-            // NaN-propagating max: a NaN difference must not vanish.
-            max_abs = if d.is_nan() { d } else { max_abs.max(d) };
+            max_abs = max_abs.max(d);
             sum_abs += d as f64;
             max_rel = max_rel.max(d / m.max(f32::MIN_POSITIVE));
             breach = breach.max(d - (atol + rtol * m));
-            let p = exp_neg(x - max_a);
-            e[tail + k] = p;
-            sum_a += p as f64;
+            sum_a += e[k] as f64;
+            sum_d += (e[k] * (x - y)) as f64;
         }
-        let nan = a.iter().chain(b).any(|v| v.is_nan()) || !sum_a.is_finite();
-        // Pass 2: μ = E_P[a − b].
-        let mut mu = 0f64;
-        for ((&p, &x), &y) in e.iter().zip(a).zip(b) {
-            mu += p as f64 * (x as f64 - y as f64);
-        }
-        mu /= sum_a;
-        // Pass 3: KL = ln(1 + E_P[expm1(−(d − μ))]).
-        let mut s = 0f64;
-        for ((&p, &x), &y) in e.iter().zip(a).zip(b) {
-            s += p as f64 * expm1_f64(-((x as f64 - y as f64) - mu));
+        // A NaN or infinity anywhere shows up in the sums.
+        let nan =
+            !sum_abs.is_finite() || !sum_a.is_finite() || !max_a.is_finite() || !max_b.is_finite();
+        // Pass 2 (f64): with c ≈ E_P[d] and y = d − c,
+        // KL = E_P[y] + ln(1 + E_P[expm1(−y)]); the first-order terms cancel analytically,
+        // so the rounding error stays relative to KL itself.
+        let c = sum_d / sum_a;
+        let (mut s1, mut s2) = (0f64, 0f64);
+        if (max_abs as f64 + c.abs()) < 1e-2 {
+            // Every |y| < 1e-2: the series alone, branch-free in f64 lanes.
+            let mut l1 = [0f64; 4];
+            let mut l2 = [0f64; 4];
+            for ((xa, xb), ee) in a
+                .chunks_exact(4)
+                .zip(b.chunks_exact(4))
+                .zip(e.chunks_exact(4))
+            {
+                for l in 0..4 {
+                    let t = (xa[l] as f64 - xb[l] as f64) - c;
+                    let p = ee[l] as f64;
+                    let u = -t;
+                    let em1 = u
+                        * (1.0
+                            + u * (0.5 + u * (1.0 / 6.0 + u * (1.0 / 24.0 + u * (1.0 / 120.0)))));
+                    l1[l] += p * t;
+                    l2[l] += p * em1;
+                }
+            }
+            s1 = l1.iter().sum();
+            s2 = l2.iter().sum();
+            for k in n - n % 4..n {
+                let t = (a[k] as f64 - b[k] as f64) - c;
+                s1 += e[k] as f64 * t;
+                s2 += e[k] as f64 * expm1_f64(-t);
+            }
+        } else {
+            for ((&p, &x), &y) in e.iter().zip(a).zip(b) {
+                let t = (x as f64 - y as f64) - c;
+                let p = p as f64;
+                s1 += p * t;
+                s2 += p * expm1_f64(-t);
+            }
         }
         let kl = if nan {
             f64::NAN
         } else {
-            (s / sum_a).ln_1p().max(0.0)
+            (s1 / sum_a + (s2 / sum_a).ln_1p()).max(0.0)
         };
         LogitStep {
             max_abs: if nan { f32::NAN } else { max_abs },

@@ -207,6 +207,13 @@ fn freq(tokens: &[i32], sel: impl Fn(usize) -> bool) -> (HashMap<i32, f64>, usiz
     (h, n)
 }
 
+/// Map entries in token order (deterministic output).
+fn sorted(h: &HashMap<i32, f64>) -> Vec<(i32, f64)> {
+    let mut v: Vec<(i32, f64)> = h.iter().map(|(&t, &p)| (t, p)).collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
+
 fn hist<DB: DrawingBackend>(
     d: &Diff,
     root: &DrawingArea<DB, Shift>,
@@ -251,7 +258,7 @@ fn hist<DB: DrawingBackend>(
             }
         );
         chart
-            .draw_series(h.iter().map(|(&t, &p)| {
+            .draw_series(sorted(h).into_iter().map(|(t, p)| {
                 Rectangle::new(
                     [(t as f64, 0.0), (t as f64 + bw, p)],
                     color.mix(0.55).filled(),
