@@ -3,6 +3,7 @@
 //! Prints GB/s of logits processed (both runs' bytes) and peak RSS. Single-threaded.
 //!
 //! `cargo bench --no-default-features --bench diff`; CSM_PARITY_BENCH_GB=0.2 for a quick run.
+//! Under `cargo test --benches` (no `--bench` argument) it runs a 0.02 GB smoke size.
 use csm_parity::analysis::{compare, DiffOptions};
 use csm_parity::capture::{FrameRecord, Manifest, Run, RunWriter, Storage, Timings};
 use std::time::Instant;
@@ -21,7 +22,14 @@ fn main() {
     let gb: f64 = std::env::var("CSM_PARITY_BENCH_GB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2.05);
+        .unwrap_or_else(|| {
+            // `cargo bench` passes --bench; under `cargo test --benches` run a small smoke size.
+            if std::env::args().any(|a| a == "--bench") {
+                2.05
+            } else {
+                0.02
+            }
+        });
     let (c, v) = (32usize, 2051usize);
     let frame_bytes = (c * v * 4) as f64;
     let frames = (gb * 1e9 / frame_bytes).ceil() as usize;
