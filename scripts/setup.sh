@@ -24,6 +24,8 @@ if [ "$(uname -s)" = Linux ]; then
   if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
     apt_missing+=(libclang-dev)
   fi
+  # plotters renders report text with DejaVu.
+  [ -d /usr/share/fonts/truetype/dejavu ] || apt_missing+=(fonts-dejavu-core)
   if [ ${#apt_missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${apt_missing[*]}"
     SUDO=""

@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod capture;
+pub mod capture_run;
 pub mod cli;
 pub mod conform;
 pub mod inspect;

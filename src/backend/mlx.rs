@@ -1,7 +1,7 @@
 //! The MLX pipeline (mlx-rs): CSM as an MLX port writes it — `fast::rope` with
 //! `traditional = true` and Llama-3-scaled custom frequencies, `fast::rms_norm`,
 //! `fast::scaled_dot_product_attention` with grouped KV heads, lazy graphs evaluated once per frame.
-use super::{Backend, FrameOutput, FrameRequest};
+use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::model::{CsmModel, DType, Frames, HostTensor, LlamaFlavor};
 use crate::sampling::{NoiseMode, SamplerSpec};
@@ -344,7 +344,31 @@ impl Backend for MlxCsm {
         self.backbone.pos
     }
 
-    fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput> {
+    fn sample_logits(
+        &mut self,
+        logits: &[f32],
+        spec: &SamplerSpec,
+        uniforms: Option<&[f32]>,
+    ) -> Result<(i32, Vec<f32>)> {
+        let v = self.vocab as i32;
+        if logits.len() != self.vocab {
+            bail!(
+                "sample_logits: {} logits, expected the vocab size {}",
+                logits.len(),
+                self.vocab
+            );
+        }
+        let u = uniforms.map(|u| Array::from_slice(u, &[v]));
+        let (tok, probs) = self.sample(&Array::from_slice(logits, &[v]), spec, u.as_ref())?;
+        mlx_rs::transforms::eval([&tok, &probs])?;
+        Ok((tok.as_slice::<i32>()[0], probs.as_slice::<f32>().to_vec()))
+    }
+
+    fn generate_frame_ext(
+        &mut self,
+        req: &FrameRequest,
+        mut external: Option<&mut ExternalSampler>,
+    ) -> Result<FrameOutput> {
         let (c, v) = (self.codebooks, self.vocab as i32);
         if req.input.width != c + 1 {
             bail!(
@@ -386,7 +410,14 @@ impl Backend for MlxCsm {
                 Some(u) => Some(take_axis(u, index1(cb as i32), 0)?.reshape(&[v])?),
                 None => None,
             };
-            let (tok, probs) = self.sample(&logits, req.sampler, u.as_ref())?;
+            let (tok, probs) = match external.as_mut() {
+                Some(ext) => {
+                    logits.eval()?;
+                    let (t, p) = ext(cb, logits.as_slice::<f32>())?;
+                    (Array::from_slice(&[t], &[1]), Array::from_slice(&p, &[v]))
+                }
+                None => self.sample(&logits, req.sampler, u.as_ref())?,
+            };
             let fed = match req.forced {
                 Some(f) => Array::from_slice(&f[cb..cb + 1], &[1]),
                 None => tok.clone(),

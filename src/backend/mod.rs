@@ -68,13 +68,33 @@ pub struct FrameOutput {
     pub probs: Option<Vec<f32>>,
 }
 
+/// A sampler outside the backend (hybrid mode: another library samples from this backend's
+/// logits): given the codebook and the host logits, returns (token, probs).
+pub type ExternalSampler<'a> = dyn FnMut(usize, &[f32]) -> Result<(i32, Vec<f32>)> + 'a;
+
 /// One CSM pipeline.
 pub trait Backend {
     fn info(&self) -> BackendInfo;
     /// Clears the KV caches and the position; reseeds the native RNG.
     fn reset(&mut self, seed: u64) -> Result<()>;
     /// Runs the backbone over `req.input` (KV-cached), then codebook 0 and the depth decoder.
-    fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput>;
+    fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput> {
+        self.generate_frame_ext(req, None)
+    }
+    /// [`Backend::generate_frame`], with tokens chosen by `external` when given (one host round
+    /// trip per codebook, so only for hybrid mode).
+    fn generate_frame_ext(
+        &mut self,
+        req: &FrameRequest,
+        external: Option<&mut ExternalSampler>,
+    ) -> Result<FrameOutput>;
+    /// This backend's on-device sampler on one host row of logits: (token, probs).
+    fn sample_logits(
+        &mut self,
+        logits: &[f32],
+        spec: &SamplerSpec,
+        uniforms: Option<&[f32]>,
+    ) -> Result<(i32, Vec<f32>)>;
     /// Logits of each frame recomputed without caches: one backbone pass over `prefix` and
     /// all `frames` (codebook 0 from each frame's preceding position), and one depth-decoder
     /// pass per frame over its tokens. Each item is `codebooks × vocab`.

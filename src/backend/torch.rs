@@ -1,6 +1,6 @@
 //! The libtorch reference pipeline (tch): CSM written out in plain tensor ops, as Sesame's
 //! PyTorch code computes it (torchtune RoPE on interleaved pairs, Llama-3 frequency scaling).
-use super::{Backend, FrameOutput, FrameRequest};
+use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::model::{CsmModel, DType, Frames, HostTensor, LlamaFlavor};
 use crate::sampling::{NoiseMode, SamplerSpec};
@@ -188,8 +188,13 @@ pub struct TorchCsm {
     vocab: usize,
     kind: Kind,
     dtype: DType,
-    native_seeded: bool,
+    native_seed: u64,
+    native_step: u64,
 }
+
+/// libtorch's default generator is process-global: native-noise draws take this lock and
+/// reseed it per sampling step from (seed, step), so concurrent pipelines cannot interleave.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TorchCsm {
     pub fn load(model: &CsmModel, dtype: DType) -> Result<Self> {
@@ -209,7 +214,8 @@ impl TorchCsm {
             vocab: cfg.audio_vocab_size,
             kind,
             dtype,
-            native_seeded: false,
+            native_seed: 0,
+            native_step: 0,
         })
     }
 
@@ -249,7 +255,7 @@ impl TorchCsm {
 
     /// The reference sampler on one row of f32 logits [V]: returns (token [1] int64, probs [V]).
     fn sample(
-        &self,
+        &mut self,
         logits: &Tensor,
         spec: &SamplerSpec,
         uniforms: Option<&Tensor>,
@@ -274,7 +280,14 @@ impl TorchCsm {
         let q = match (spec.noise, uniforms) {
             (NoiseMode::Shared, Some(u)) => -u.log(),
             (NoiseMode::Shared, None) => bail!("shared noise needs the harness's uniform draws"),
-            (NoiseMode::Native, _) => probs.empty_like().exponential_(1.0),
+            (NoiseMode::Native, _) => {
+                let _lock = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                let step_seed =
+                    crate::sampling::SharedNoise::step_seed(self.native_seed, self.native_step);
+                self.native_step += 1;
+                tch::manual_seed(step_seed as i64);
+                probs.empty_like().exponential_(1.0)
+            }
         };
         Ok(((&probs / q).argmax(0, true), probs))
     }
@@ -297,8 +310,8 @@ impl Backend for TorchCsm {
     fn reset(&mut self, seed: u64) -> Result<()> {
         self.backbone.reset();
         self.decoder.reset();
-        tch::manual_seed(seed as i64);
-        self.native_seeded = true;
+        self.native_seed = seed;
+        self.native_step = 0;
         Ok(())
     }
 
@@ -306,7 +319,30 @@ impl Backend for TorchCsm {
         self.backbone.pos
     }
 
-    fn generate_frame(&mut self, req: &FrameRequest) -> Result<FrameOutput> {
+    fn sample_logits(
+        &mut self,
+        logits: &[f32],
+        spec: &SamplerSpec,
+        uniforms: Option<&[f32]>,
+    ) -> Result<(i32, Vec<f32>)> {
+        let _guard = tch::no_grad_guard();
+        if logits.len() != self.vocab {
+            bail!(
+                "sample_logits: {} logits, expected the vocab size {}",
+                logits.len(),
+                self.vocab
+            );
+        }
+        let u = uniforms.map(Tensor::from_slice);
+        let (tok, probs) = self.sample(&Tensor::from_slice(logits), spec, u.as_ref())?;
+        Ok((tok.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
+    }
+
+    fn generate_frame_ext(
+        &mut self,
+        req: &FrameRequest,
+        mut external: Option<&mut ExternalSampler>,
+    ) -> Result<FrameOutput> {
         let _guard = tch::no_grad_guard();
         let (c, v) = (self.codebooks, self.vocab as i64);
         if req.input.width != c + 1 {
@@ -346,7 +382,13 @@ impl Backend for TorchCsm {
             .to_kind(Kind::Float)
             .view([v]);
             let u = uniforms.as_ref().map(|u| u.get(cb as i64));
-            let (tok, probs) = self.sample(&logits, req.sampler, u.as_ref())?;
+            let (tok, probs) = match external.as_mut() {
+                Some(ext) => {
+                    let (t, p) = ext(cb, &Vec::<f32>::try_from(&logits)?)?;
+                    (Tensor::from_slice(&[t as i64]), Tensor::from_slice(&p))
+                }
+                None => self.sample(&logits, req.sampler, u.as_ref())?,
+            };
             let fed = match &forced {
                 Some(f) => f.narrow(0, cb as i64, 1),
                 None => tok.shallow_clone(),

@@ -1,6 +1,7 @@
 //! Thin clap front-end: each subcommand lives in its own module.
 use clap::{Parser, Subcommand};
 
+pub mod capture;
 pub mod common;
 pub mod diff;
 pub mod model_cmds;
@@ -27,6 +28,8 @@ pub enum Command {
     Inspect(model_cmds::InspectArgs),
     /// Check both backends against reference logits from another implementation (e.g. transformers).
     Conform(model_cmds::ConformArgs),
+    /// Generate with both pipelines from the same text and seed, recording every step.
+    Capture(capture::CaptureArgs),
     /// Compare two run directories (or one capture directory holding torch/ and mlx/).
     Diff(diff::DiffArgs),
 }
@@ -40,6 +43,7 @@ pub fn main() -> i32 {
         Command::Verify(a) => model_cmds::run_verify(a),
         Command::Inspect(a) => model_cmds::run_inspect(a),
         Command::Conform(a) => model_cmds::run_conform(a),
+        Command::Capture(a) => capture::run(a),
         Command::Diff(args) => diff::run(args),
     };
     match result {

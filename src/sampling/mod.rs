@@ -94,6 +94,12 @@ impl SharedNoise {
         z ^ (z >> 31)
     }
 
+    /// A 63-bit seed for step `step` of a run seeded with `seed` (native-noise reseeding).
+    pub fn step_seed(seed: u64, step: u64) -> u64 {
+        Self::mix(Self::mix(seed ^ 0x4E41_5449_5645) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            >> 1
+    }
+
     /// Uniform draws in (0, 1) for one sampling step, one per vocabulary entry.
     pub fn uniforms_into(seed: u64, frame: u64, codebook: u64, out: &mut [f32]) {
         let key = Self::mix(

@@ -1,0 +1,417 @@
+//! `capture`: both pipelines generate from the same text with the same seed; each writes a run
+//! directory (DESIGN §4) recording every step.
+use crate::backend::{self, Backend, BackendKind, FrameOutput, FrameRequest, Record};
+use crate::capture::{
+    BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter, SamplerInfo, Storage,
+    Timings,
+};
+use crate::model::{CsmModel, DType, Frames};
+use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How the two pipelines are coupled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each backend samples and feeds back its own tokens.
+    Independent,
+    /// The other backend is fed the reference's sampled tokens, so its logits and probs exist
+    /// for every reference step, even after the first token mismatch.
+    Teacher,
+    /// The reference samples from the other backend's logits; the other backend computes.
+    Hybrid,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Independent => "independent",
+            Mode::Teacher => "teacher",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Everything a capture needs.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub text: String,
+    pub speaker: u32,
+    /// Reference first.
+    pub backends: Vec<BackendKind>,
+    pub reference: BackendKind,
+    pub sampler: SamplerSpec,
+    pub max_frames: usize,
+    pub mode: Mode,
+    /// Post-processing of the pipeline under test (every non-reference backend).
+    pub post: PostProcess,
+    pub dtype: DType,
+    pub logits: Storage,
+    pub probs: Storage,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub backend: String,
+    pub dir: String,
+    pub frames: usize,
+    pub stop_reason: String,
+    pub mean_frame_ms: f64,
+    pub prefill_frame_ms: f64,
+    pub load_ms: f64,
+    pub info: BackendInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureSummary {
+    pub out: String,
+    pub mode: String,
+    pub noise: String,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub seed: u64,
+    pub prompt_tokens: usize,
+    pub runs: Vec<RunSummary>,
+    /// First (frame, codebook) where the sampled tokens of the first two runs differ.
+    pub first_token_mismatch: Option<[usize; 2]>,
+    /// Sampled tokens of the first two runs agree at every common step.
+    pub tokens_equal: Option<bool>,
+}
+
+/// The shared frame loop state of one backend.
+struct Track {
+    kind: BackendKind,
+    backend: Box<dyn Backend>,
+    writer: RunWriter,
+    input: Frames,
+    sampled: Vec<Vec<i32>>,
+    fed: Vec<Vec<i32>>,
+    step_us: Vec<f64>,
+    stop: Option<&'static str>,
+    load_ms: f64,
+    post: PostProcess,
+}
+
+impl Track {
+    fn push(&mut self, out: FrameOutput, fed: Vec<i32>, us: f64, vocab: usize) -> Result<()> {
+        let rec = FrameRecord {
+            post_tokens: self.post.apply(&out.sampled),
+            tokens: out.sampled.clone(),
+            logits: out.logits,
+            probs: out.probs,
+            step_us: us,
+        };
+        self.writer.push(&rec)?;
+        self.step_us.push(us);
+        if out.sampled.iter().all(|&t| t == 0) {
+            self.stop = Some("eos");
+        }
+        self.input = Frames::audio(&fed, vocab)?;
+        self.sampled.push(out.sampled);
+        self.fed.push(fed);
+        Ok(())
+    }
+}
+
+fn manifest_for(
+    model: &CsmModel,
+    opts: &CaptureOptions,
+    info: BackendInfo,
+    ids: &[u32],
+    post: PostProcess,
+) -> Manifest {
+    let mut m = Manifest::example(&info.name);
+    m.backend = info;
+    m.model = ModelInfo {
+        kind: "csm".into(),
+        path: model.dir.display().to_string(),
+        layout: model.weights.layout.name().into(),
+        sha256: model.weights.sha256.clone(),
+        config: model.config.to_original_json(),
+    };
+    m.prompt = PromptInfo {
+        text: opts.text.clone(),
+        speaker: opts.speaker,
+        token_ids: ids.iter().map(|&i| i as i64).collect(),
+    };
+    m.sampler = SamplerInfo {
+        mode: opts.mode.name().into(),
+        noise: if opts.sampler.is_greedy() {
+            "greedy".into()
+        } else {
+            opts.sampler.noise.name().into()
+        },
+        temperature: opts.sampler.temperature as f64,
+        top_k: opts.sampler.top_k,
+        top_p: None,
+        min_p: None,
+        seed: opts.sampler.seed,
+        post: post.to_string(),
+        reference: opts.reference.name().into(),
+    };
+    m
+}
+
+/// Runs the capture; returns the summary. Run directories appear only when complete.
+pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary> {
+    if opts.backends.is_empty() {
+        bail!("no backend selected");
+    }
+    if opts.mode != Mode::Independent && opts.backends.len() < 2 {
+        bail!(
+            "--mode {} needs both backends (--backend both)",
+            opts.mode.name()
+        );
+    }
+    if opts.max_frames == 0 {
+        bail!("--max-frames must be at least 1");
+    }
+    let cfg = &model.config;
+    let (c, v) = (cfg.audio_num_codebooks, cfg.audio_vocab_size);
+    let (ids, prompt) = model.prompt_frames(opts.speaker, &opts.text)?;
+    let single = opts.backends.len() == 1;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("--out {}: cannot create", opts.out.display()))?;
+    let mut tracks = Vec::new();
+    for &kind in &opts.backends {
+        let t0 = Instant::now();
+        let backend = backend::load(kind, model, opts.dtype)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let post = if kind == opts.reference && !single {
+            PostProcess::None
+        } else {
+            opts.post
+        };
+        let dir = run_dir(&opts.out, kind);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot replace {}", dir.display()))?;
+        }
+        let writer = RunWriter::create(
+            &dir,
+            manifest_for(model, opts, backend.info(), &ids, post),
+            c,
+            v,
+            opts.logits,
+            opts.probs,
+        )?;
+        tracks.push(Track {
+            kind,
+            backend,
+            writer,
+            input: prompt.clone(),
+            sampled: vec![],
+            fed: vec![],
+            step_us: vec![],
+            stop: None,
+            load_ms,
+            post,
+        });
+    }
+    for t in tracks.iter_mut() {
+        t.backend.reset(opts.sampler.seed)?;
+    }
+    let record = Record {
+        logits: opts.logits != Storage::None,
+        probs: opts.probs != Storage::None,
+    };
+    let bar = progress_bar(opts.progress, opts.max_frames as u64);
+    let sampler = opts.sampler;
+    for f in 0..opts.max_frames {
+        let uniforms = (!sampler.is_greedy() && sampler.noise == NoiseMode::Shared)
+            .then(|| SharedNoise::frame_uniforms(sampler.seed, f as u64, c, v));
+        let (first, rest) = tracks.split_first_mut().unwrap();
+        // The reference (first track) always runs on its own.
+        if first.stop.is_none() {
+            let req = FrameRequest {
+                input: &first.input,
+                sampler: &sampler,
+                uniforms: uniforms.as_deref(),
+                forced: None,
+                record,
+            };
+            let t0 = Instant::now();
+            let out = first.backend.generate_frame(&req)?;
+            let us = t0.elapsed().as_secs_f64() * 1e6;
+            let fed = out.sampled.clone();
+            first.push(out, fed, us, v)?;
+        }
+        for t in rest.iter_mut() {
+            if t.stop.is_some() {
+                continue;
+            }
+            let t0 = Instant::now();
+            let (out, fed) = match opts.mode {
+                Mode::Independent => {
+                    let req = FrameRequest {
+                        input: &t.input,
+                        sampler: &sampler,
+                        uniforms: uniforms.as_deref(),
+                        forced: None,
+                        record,
+                    };
+                    let out = t.backend.generate_frame(&req)?;
+                    let fed = out.sampled.clone();
+                    (out, fed)
+                }
+                Mode::Teacher => {
+                    let Some(forced) = first.fed.get(f) else {
+                        t.stop = Some("reference_stopped");
+                        continue;
+                    };
+                    let req = FrameRequest {
+                        input: &t.input,
+                        sampler: &sampler,
+                        uniforms: uniforms.as_deref(),
+                        forced: Some(forced),
+                        record,
+                    };
+                    (t.backend.generate_frame(&req)?, forced.clone())
+                }
+                Mode::Hybrid => {
+                    let req = FrameRequest {
+                        input: &t.input,
+                        sampler: &sampler,
+                        uniforms: uniforms.as_deref(),
+                        forced: None,
+                        record,
+                    };
+                    let reference = &mut first.backend;
+                    let u = uniforms.as_deref();
+                    let mut ext = |cb: usize, logits: &[f32]| {
+                        reference.sample_logits(
+                            logits,
+                            &sampler,
+                            u.map(|u| &u[cb * v..(cb + 1) * v]),
+                        )
+                    };
+                    let out = t.backend.generate_frame_ext(&req, Some(&mut ext))?;
+                    let fed = out.sampled.clone();
+                    (out, fed)
+                }
+            };
+            let us = t0.elapsed().as_secs_f64() * 1e6;
+            t.push(out, fed, us, v)?;
+        }
+        bar.inc(1);
+        if tracks.iter().all(|t| t.stop.is_some()) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let mut runs = Vec::new();
+    let first_mismatch = if tracks.len() >= 2 {
+        tracks[0]
+            .sampled
+            .iter()
+            .zip(&tracks[1].sampled)
+            .enumerate()
+            .find_map(|(f, (a, b))| a.iter().zip(b).position(|(x, y)| x != y).map(|cb| [f, cb]))
+    } else {
+        None
+    };
+    let tokens_equal = (tracks.len() >= 2)
+        .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
+    for t in tracks {
+        let frames = t.sampled.len();
+        let stop = t.stop.unwrap_or("max_frames");
+        let total_us: f64 = t.step_us.iter().sum();
+        let steady: Vec<f64> = t.step_us.iter().skip(1).cloned().collect();
+        let mean_ms = if steady.is_empty() {
+            total_us / 1e3
+        } else {
+            steady.iter().sum::<f64>() / steady.len() as f64 / 1e3
+        };
+        let prefill_ms = t.step_us.first().copied().unwrap_or(0.0) / 1e3;
+        let timings = Timings {
+            load_ms: t.load_ms,
+            prefill_ms,
+            total_ms: total_us / 1e3,
+            mean_frame_ms: mean_ms,
+        };
+        let info = t.backend.info();
+        let dir = t.writer.finish(stop, timings)?;
+        runs.push(RunSummary {
+            backend: t.kind.name().into(),
+            dir: dir.display().to_string(),
+            frames,
+            stop_reason: stop.into(),
+            mean_frame_ms: mean_ms,
+            prefill_frame_ms: prefill_ms,
+            load_ms: t.load_ms,
+            info,
+        });
+    }
+    Ok(CaptureSummary {
+        out: opts.out.display().to_string(),
+        mode: opts.mode.name().into(),
+        noise: if sampler.is_greedy() {
+            "greedy".into()
+        } else {
+            sampler.noise.name().into()
+        },
+        temperature: sampler.temperature,
+        top_k: sampler.top_k,
+        seed: sampler.seed,
+        prompt_tokens: prompt.len(),
+        runs,
+        first_token_mismatch: first_mismatch,
+        tokens_equal,
+    })
+}
+
+/// The run directory of `kind` under `--out`: always `DIR/<backend>/`.
+pub fn run_dir(out: &Path, kind: BackendKind) -> PathBuf {
+    out.join(kind.name())
+}
+
+fn progress_bar(enabled: bool, len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} frames {pos}/{len} {wide_bar} {elapsed_precise}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+impl CaptureSummary {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let verdict = match (self.tokens_equal, self.first_token_mismatch) {
+            (Some(true), _) => "tokens identical".to_string(),
+            (_, Some([f, c])) => format!("first token mismatch at frame {f}, codebook {c}"),
+            (Some(false), None) => "token streams differ in length".to_string(),
+            (None, _) => "single backend".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "captured {} — {verdict} (mode {}, noise {}, temp {}, top-k {}, seed {})",
+            self.out, self.mode, self.noise, self.temperature, self.top_k, self.seed
+        );
+        let _ = writeln!(
+            s,
+            "  {:<6} {:>7} {:<18} {:>12} {:>13}  run directory",
+            "backend", "frames", "stop", "ms/frame", "first frame ms"
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "  {:<6} {:>7} {:<18} {:>12.2} {:>13.2}  {}",
+                r.backend, r.frames, r.stop_reason, r.mean_frame_ms, r.prefill_frame_ms, r.dir
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,85 @@
+//! `csm-parity capture`.
+use super::common::{print_json, BackendChoice, ModelArgs};
+use crate::backend::BackendKind;
+use crate::capture::Storage;
+use crate::capture_run::{capture, CaptureOptions, Mode};
+use crate::sampling::{parse_temperature, parse_top_k, NoiseMode, PostProcess, SamplerSpec};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Text to speak.
+    #[arg(long)]
+    pub text: String,
+    /// Speaker id (the prompt is "[{speaker}]{text}").
+    #[arg(long, default_value_t = 0)]
+    pub speaker: u32,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
+    pub backend: BackendChoice,
+    /// The reference pipeline (the other one is the port under test).
+    #[arg(long, value_enum, default_value_t = BackendKind::Torch)]
+    pub reference: BackendKind,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long, default_value = "0.9", value_parser = parse_temperature, allow_negative_numbers = true)]
+    pub temp: f64,
+    /// Keep the k most likely tokens (ties at the k-th value kept); 0 or ≥ vocab keeps all.
+    #[arg(long = "top-k", default_value = "50", value_parser = parse_top_k, allow_negative_numbers = true)]
+    pub top_k: usize,
+    /// Frames to generate at most (12.5 frames = 1 s of audio); an all-zero frame stops earlier.
+    #[arg(long, default_value_t = 32)]
+    pub max_frames: usize,
+    /// Noise of the sampler: shared (harness-owned uniforms, identical in both) or native (each RNG).
+    #[arg(long, value_enum, default_value_t = NoiseMode::Shared)]
+    pub noise: NoiseMode,
+    #[arg(long, value_enum, default_value_t = Mode::Independent)]
+    pub mode: Mode,
+    /// Post-processing of the pipeline under test: none | remap-low:<lo>-<hi>.
+    #[arg(long, default_value = "none")]
+    pub post: PostProcess,
+    /// How logits are recorded: f32 | f16 | top:N | none.
+    #[arg(long, default_value = "f32")]
+    pub logits: Storage,
+    /// How sampler probabilities are recorded: f32 | f16 | top:N | none.
+    #[arg(long, default_value = "f32")]
+    pub probs: Storage,
+    /// Output directory: DIR/torch/ and DIR/mlx/ are the run directories.
+    #[arg(long, default_value = "runs/capture")]
+    pub out: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CaptureArgs) -> Result<i32> {
+    let model = a.model.load()?;
+    let mut backends = a.backend.kinds()?;
+    backends.sort_by_key(|k| *k != a.reference);
+    let opts = CaptureOptions {
+        text: a.text,
+        speaker: a.speaker,
+        backends,
+        reference: a.reference,
+        sampler: SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?,
+        max_frames: a.max_frames,
+        mode: a.mode,
+        post: a.post,
+        dtype: a.model.dtype,
+        logits: a.logits,
+        probs: a.probs,
+        out: a.out,
+        progress: !a.json,
+    };
+    let summary = capture(&model, &opts)?;
+    if a.json {
+        print_json(&summary)?;
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(0)
+}
