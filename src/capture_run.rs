@@ -5,6 +5,7 @@ use crate::capture::{
     BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter, SamplerInfo, Storage,
     Timings,
 };
+use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
 use anyhow::{bail, Context, Result};
@@ -53,6 +54,8 @@ pub struct CaptureOptions {
     pub probs: Storage,
     pub out: PathBuf,
     pub progress: bool,
+    /// A known porting bug injected into the MLX pipeline (never the reference).
+    pub inject: Option<Fault>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +95,7 @@ struct Track {
     sampled: Vec<Vec<i32>>,
     fed: Vec<Vec<i32>>,
     step_us: Vec<f64>,
+    positions: Vec<u32>,
     stop: Option<&'static str>,
     load_ms: f64,
     post: PostProcess,
@@ -108,6 +112,7 @@ impl Track {
         };
         self.writer.push(&rec)?;
         self.step_us.push(us);
+        self.positions.push(out.positions as u32);
         if out.sampled.iter().all(|&t| t == 0) {
             self.stop = Some("eos");
         }
@@ -168,6 +173,11 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
             opts.mode.name()
         );
     }
+    if let Some(f) = opts.inject {
+        if !opts.backends.contains(&BackendKind::Mlx) || opts.reference == BackendKind::Mlx {
+            bail!("--inject {f}: faults go into the MLX pipeline, which must run and must not be the reference");
+        }
+    }
     if opts.max_frames == 0 {
         bail!("--max-frames must be at least 1");
     }
@@ -180,13 +190,19 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
     let mut tracks = Vec::new();
     for &kind in &opts.backends {
         let t0 = Instant::now();
-        let backend = backend::load(kind, model, opts.dtype)?;
+        let mut backend = backend::load(kind, model, opts.dtype)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let post = if kind == opts.reference && !single {
+        let mut post = if kind == opts.reference && !single {
             PostProcess::None
         } else {
             opts.post
         };
+        if let (Some(fault), BackendKind::Mlx) = (opts.inject, kind) {
+            backend.inject(fault)?;
+            if fault == Fault::RemapLow {
+                post = PostProcess::RemapLow { lo: 1, hi: 31 };
+            }
+        }
         let dir = run_dir(&opts.out, kind);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
@@ -208,6 +224,7 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
             sampled: vec![],
             fed: vec![],
             step_us: vec![],
+            positions: vec![],
             stop: None,
             load_ms,
             post,
@@ -333,6 +350,7 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
             prefill_ms,
             total_ms: total_us / 1e3,
             mean_frame_ms: mean_ms,
+            step_positions: t.positions.clone(),
         };
         let info = t.backend.info();
         let dir = t.writer.finish(stop, timings)?;

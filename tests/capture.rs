@@ -33,6 +33,7 @@ fn opts(
         probs: Storage::None,
         out: out.to_path_buf(),
         progress: false,
+        inject: None,
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Stage {
     PostProcessing,
     /// Tokens differ and neither logits nor probabilities were recorded.
     Unknown,
+    /// The numbers agree but the cost of a step grows with position (no KV cache).
+    Performance,
 }
 
 impl Stage {
@@ -42,6 +44,7 @@ impl Stage {
             Stage::Noise => "noise",
             Stage::PostProcessing => "post-processing",
             Stage::Unknown => "unknown",
+            Stage::Performance => "performance",
         }
     }
 }
@@ -111,6 +114,9 @@ pub fn explain(stage: Stage, noise: &str, logits_only: bool) -> String {
             .into(),
         Stage::Unknown => "tokens differ and neither logits nor probabilities were recorded in \
                            both runs; record them to attribute the stage"
+            .into(),
+        Stage::Performance => "the numbers agree but the cost of a step grows with the position: \
+                               the sequence is recomputed every step (no KV cache)"
             .into(),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod divergence;
 pub mod metrics;
+pub mod performance;
 pub mod stats;
 
 use crate::capture::{FrameBuf, Run, Storage};
@@ -198,6 +199,8 @@ pub struct Diff {
     pub overall: Metrics,
     pub per_codebook: Vec<Metrics>,
     pub confidence: Confidence,
+    /// Step cost against position (KV-cache / O(n²) check).
+    pub performance: performance::Performance,
     pub warnings: Vec<String>,
     /// Bytes of logits/probs data read (both runs).
     #[serde(skip)]
@@ -456,6 +459,28 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         .map(|c| metrics_for(&steps, Some(c), opt, logits_pair.is_some() && is_top(a, b)))
         .collect();
     let confidence = confidence(&steps, opt);
+    let performance = performance::compare(
+        a.step_us(),
+        &a.manifest().timings.step_positions,
+        b.step_us(),
+        &b.manifest().timings.step_positions,
+    );
+    let verdict = match (&verdict.kind[..], &performance.explanation) {
+        ("identical" | "numerically-close", Some(_)) => Verdict {
+            kind: "performance".into(),
+            line: format!(
+                "PERFORMANCE DIVERGENCE — numbers {}{suffix}; per-step cost grows with position",
+                if verdict.kind == "identical" {
+                    "identical"
+                } else {
+                    "close"
+                }
+            ),
+            point: None,
+            stage: Some(Stage::Performance),
+        },
+        _ => verdict,
+    };
     Ok(Diff {
         a: RunInfo::of(a),
         b: RunInfo::of(b),
@@ -473,6 +498,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         overall,
         per_codebook,
         confidence,
+        performance,
         warnings,
         bytes_read,
         steps,

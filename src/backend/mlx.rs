@@ -3,10 +3,12 @@
 //! `fast::scaled_dot_product_attention` with grouped KV heads, lazy graphs evaluated once per frame.
 use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
+use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames, HostTensor, LlamaFlavor};
 use crate::sampling::{NoiseMode, SamplerSpec};
 use anyhow::{bail, Result};
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::argpartition_axis;
 use mlx_rs::ops::indexing::{argmax_axis, take_axis, topk_axis};
 use mlx_rs::ops::{concatenate, select, softmax_axis};
 use mlx_rs::{random, Array, Dtype};
@@ -69,6 +71,8 @@ struct Stack {
     freqs: Array,
     cache: Vec<Option<(Array, Array)>>,
     pos: usize,
+    /// torchtune's interleaved pairs (true); false is the split-halves fault.
+    traditional: bool,
 }
 
 impl Stack {
@@ -101,6 +105,7 @@ impl Stack {
             freqs: Array::from_slice(&periods, &[periods.len() as i32]),
             cache: (0..f.num_layers).map(|_| None).collect(),
             pos: 0,
+            traditional: true,
         })
     }
 
@@ -113,7 +118,7 @@ impl Stack {
         Ok(fast::rope(
             x,
             self.f.head_dim as i32,
-            true,
+            self.traditional,
             None,
             1.0,
             start as i32,
@@ -198,6 +203,10 @@ pub struct MlxCsm {
     vocab: usize,
     dtype: DType,
     key: Array,
+    /// Injected porting bug (`--inject`); `None` in normal use.
+    fault: Option<Fault>,
+    /// Every backbone input so far, kept only under the `no-cache` fault.
+    history: Option<Frames>,
 }
 
 impl MlxCsm {
@@ -220,6 +229,8 @@ impl MlxCsm {
             vocab: cfg.audio_vocab_size,
             dtype,
             key: random::key(0)?,
+            fault: None,
+            history: None,
         })
     }
 
@@ -278,9 +289,21 @@ impl MlxCsm {
             let probs = ids.eq(&tok)?.as_dtype(Dtype::Float32)?;
             return Ok((tok, probs));
         }
-        let scaled = logits.divide(Array::from_f32(spec.temperature))?;
+        let t = match self.fault {
+            Some(Fault::TempEpsilon) => spec.temperature + 1e-10,
+            _ => spec.temperature,
+        };
+        let scaled = logits.divide(Array::from_f32(t))?;
         let kept = match spec.effective_top_k(self.vocab) {
             None => scaled,
+            Some(k) if self.fault == Some(Fault::TopkExact) => {
+                // Exactly k survivors: the k positions argpartition puts first.
+                let idx = argpartition_axis(scaled.negative()?, k as i32 - 1, 0)?;
+                let idx = take_axis(&idx, Array::arange::<i32, i32>(None, k as i32, None)?, 0)?;
+                let vals = take_axis(&scaled, &idx, 0)?;
+                let base = Array::full::<f32>(&[v], Array::from_f32(f32::NEG_INFINITY))?;
+                base.put_along_axis(&idx, &vals, 0)?
+            }
             Some(k) => {
                 let kth = topk_axis(&scaled, k as i32, 0)?.min(None)?;
                 select(
@@ -329,7 +352,7 @@ impl Backend for MlxCsm {
             library_version: format!("mlx {} (mlx-rs 0.33)", mlx_version()),
             device: format!("{:?}", mlx_rs::Device::default()).to_lowercase(),
             dtype: self.dtype.name().into(),
-            fault: None,
+            fault: self.fault.map(|f| f.name().to_string()),
         }
     }
 
@@ -337,11 +360,37 @@ impl Backend for MlxCsm {
         self.backbone.reset();
         self.decoder.reset();
         self.key = random::key(seed)?;
+        if self.fault == Some(Fault::NoCache) {
+            self.history = None;
+        }
         Ok(())
     }
 
     fn position(&self) -> usize {
         self.backbone.pos
+    }
+
+    fn inject(&mut self, fault: Fault) -> Result<()> {
+        match fault {
+            Fault::RopeHalves => {
+                self.backbone.traditional = false;
+                self.decoder.traditional = false;
+            }
+            Fault::NoRopeScaling => {
+                for stack in [&mut self.backbone, &mut self.decoder] {
+                    let plain = LlamaFlavor {
+                        rope_scaling: None,
+                        ..stack.f.clone()
+                    };
+                    let periods: Vec<f32> =
+                        plain.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
+                    stack.freqs = Array::from_slice(&periods, &[periods.len() as i32]);
+                }
+            }
+            _ => {}
+        }
+        self.fault = Some(fault);
+        Ok(())
     }
 
     fn sample_logits(
@@ -384,9 +433,34 @@ impl Backend for MlxCsm {
             );
         }
         let uniforms = req.uniforms.map(|u| Array::from_slice(u, &[c as i32, v]));
-        let x = self.embed(req.input)?;
-        let h_all = self.backbone.forward(&x, true)?;
-        let last = h_all.dim(1) - 1;
+        let mut positions = req.input.len();
+        let h_all = match self.fault {
+            Some(Fault::NoCache) => {
+                // The whole sequence again, every step.
+                let mut hist = self.history.take().unwrap_or_else(|| Frames {
+                    width: req.input.width,
+                    tokens: vec![],
+                    mask: vec![],
+                });
+                hist.extend(req.input);
+                let x = self.embed(&hist)?;
+                positions = hist.len();
+                self.history = Some(hist);
+                self.backbone.pos += req.input.len();
+                self.backbone.forward(&x, false)?
+            }
+            Some(Fault::ContextLoss) if self.backbone.pos > 0 => {
+                // Only the newest frame, with the cache (and so the prompt) forgotten.
+                self.backbone.cache.iter_mut().for_each(|c| *c = None);
+                self.backbone.forward(&self.embed(req.input)?, true)?
+            }
+            _ => self.backbone.forward(&self.embed(req.input)?, true)?,
+        };
+        let last = if self.fault == Some(Fault::WrongPosition) {
+            0
+        } else {
+            h_all.dim(1) - 1
+        };
         let h = take_axis(&h_all, index1(last), 1)?.reshape(&[1, -1])?; // [1, Db]
         let mut sampled = Vec::with_capacity(c);
         let mut logits_rows = Vec::with_capacity(c);
@@ -397,6 +471,9 @@ impl Backend for MlxCsm {
             let logits = if cb == 0 {
                 h.matmul(&self.c0_head_t)?
             } else {
+                if cb >= 2 && self.fault == Some(Fault::DecoderPosReset) {
+                    self.decoder.pos = 1;
+                }
                 let out = self.decoder.forward(dec_in.as_ref().unwrap(), true)?;
                 let last = out.dim(1) - 1;
                 let out = take_axis(&out, index1(last), 1)?.reshape(&[1, -1])?;
@@ -406,6 +483,11 @@ impl Backend for MlxCsm {
             }
             .as_dtype(Dtype::Float32)?
             .reshape(&[v])?;
+            let logits = if self.fault == Some(Fault::Bf16Logits) {
+                logits.as_dtype(Dtype::Bfloat16)?.as_dtype(Dtype::Float32)?
+            } else {
+                logits
+            };
             let u = match &uniforms {
                 Some(u) => Some(take_axis(u, index1(cb as i32), 0)?.reshape(&[v])?),
                 None => None,
@@ -460,6 +542,7 @@ impl Backend for MlxCsm {
             sampled: tokens.iter().map(|&t| t as i32).collect(),
             logits,
             probs,
+            positions,
         })
     }
 

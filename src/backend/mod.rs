@@ -66,6 +66,8 @@ pub struct FrameOutput {
     pub logits: Option<Vec<f32>>,
     /// Sampler probabilities after temperature and top-k, when recorded.
     pub probs: Option<Vec<f32>>,
+    /// Backbone positions computed for this frame (the new positions with a KV cache).
+    pub positions: usize,
 }
 
 /// A sampler outside the backend (hybrid mode: another library samples from this backend's
@@ -101,6 +103,10 @@ pub trait Backend {
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>>;
     /// Backbone position (number of positions in the cache).
     fn position(&self) -> usize;
+    /// Injects a known porting bug (MLX only; the reference refuses).
+    fn inject(&mut self, fault: crate::faults::Fault) -> Result<()> {
+        bail!("fault injection ({fault}) is only available in the MLX pipeline")
+    }
 }
 
 /// Loads `model` into the backend `kind` computing in `dtype`.

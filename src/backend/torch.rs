@@ -364,6 +364,7 @@ impl Backend for TorchCsm {
         let forced = req
             .forced
             .map(|f| Tensor::from_slice(f).to_kind(Kind::Int64));
+        let positions = req.input.len();
         let x = self.embed(req.input);
         let h_all = self.backbone.forward(&x, true);
         let h = h_all.select(1, -1); // [1, Db]
@@ -427,6 +428,7 @@ impl Backend for TorchCsm {
             sampled: tokens.iter().map(|&t| t as i32).collect(),
             logits,
             probs,
+            positions,
         })
     }
 

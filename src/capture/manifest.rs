@@ -91,6 +91,10 @@ pub struct Timings {
     pub prefill_ms: f64,
     pub total_ms: f64,
     pub mean_frame_ms: f64,
+    /// Backbone positions computed at each frame (1 per step with a KV cache after the
+    /// prompt); optional, for the step-cost analysis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_positions: Vec<u32>,
 }
 
 impl Manifest {

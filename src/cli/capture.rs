@@ -51,6 +51,9 @@ pub struct CaptureArgs {
     /// Output directory: DIR/torch/ and DIR/mlx/ are the run directories.
     #[arg(long, default_value = "runs/capture")]
     pub out: PathBuf,
+    /// Inject a known MLX-port bug into the MLX pipeline (see `csm-parity selftest`).
+    #[arg(long, value_name = "FAULT")]
+    pub inject: Option<crate::faults::Fault>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +77,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         probs: a.probs,
         out: a.out,
         progress: !a.json,
+        inject: a.inject,
     };
     let summary = capture(&model, &opts)?;
     if a.json {

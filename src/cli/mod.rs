@@ -30,6 +30,8 @@ pub enum Command {
     Conform(model_cmds::ConformArgs),
     /// Generate with both pipelines from the same text and seed, recording every step.
     Capture(capture::CaptureArgs),
+    /// Inject every known MLX-port bug and check each is detected and located.
+    Selftest(model_cmds::SelftestArgs),
     /// Compare two run directories (or one capture directory holding torch/ and mlx/).
     Diff(diff::DiffArgs),
 }
@@ -44,6 +46,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => model_cmds::run_inspect(a),
         Command::Conform(a) => model_cmds::run_conform(a),
         Command::Capture(a) => capture::run(a),
+        Command::Selftest(a) => model_cmds::run_selftest(a),
         Command::Diff(args) => diff::run(args),
     };
     match result {

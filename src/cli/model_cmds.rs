@@ -128,3 +128,57 @@ pub fn run_conform(a: ConformArgs) -> Result<i32> {
     }
     Ok(if report.conforms { 0 } else { 1 })
 }
+
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Frames per case (enough for rare events such as a sampled token in 1..31).
+    #[arg(long, default_value_t = 48)]
+    pub max_frames: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "0.9", value_parser = crate::sampling::parse_temperature)]
+    pub temp: f64,
+    /// Odd k puts the k-th value inside a pair of tied logits more often (topk-exact).
+    #[arg(long = "top-k", default_value = "5", value_parser = crate::sampling::parse_top_k)]
+    pub top_k: usize,
+    #[arg(long, default_value = "hi")]
+    pub text: String,
+    /// Only these faults (default: all).
+    #[arg(long = "fault", value_name = "FAULT")]
+    pub faults: Vec<crate::faults::Fault>,
+    /// Where each case's runs and report are kept.
+    #[arg(long, default_value = "runs/selftest")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
+    let model = a.model.load()?;
+    let faults = if a.faults.is_empty() {
+        crate::faults::Fault::ALL.to_vec()
+    } else {
+        a.faults
+    };
+    if a.out.exists() {
+        std::fs::remove_dir_all(&a.out)?;
+    }
+    let o = crate::selftest::SelftestOptions {
+        max_frames: a.max_frames,
+        seed: a.seed,
+        temperature: a.temp,
+        top_k: a.top_k,
+        text: a.text,
+        faults,
+        out: a.out,
+    };
+    let report = crate::selftest::selftest(&model, &o)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.all_pass { 0 } else { 1 })
+}

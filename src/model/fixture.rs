@@ -11,6 +11,8 @@ use std::path::Path;
 /// fixture, top-1 probability: p10 ≈ 0.35, median ≈ 0.64, p90 ≈ 0.97).
 pub const HEAD_LOGIT_STD: f32 = 3.0;
 pub const HEAD_TOKEN_TAIL: f64 = 0.4;
+/// One token in this many is a twin (identical head weights) of its predecessor.
+pub const TWIN_EVERY: usize = 16;
 
 /// splitmix64: a tiny counter-style generator, enough for deterministic fixtures.
 #[derive(Debug, Clone)]
@@ -63,12 +65,32 @@ pub fn random_weights(cfg: &CsmConfig, seed: u64) -> BTreeMap<String, HostTensor
                     .map(|_| (s * srng.normal() - s * s).exp() as f32)
                     .collect();
                 let std = HEAD_LOGIT_STD / (fan_in as f32).sqrt();
-                (0..n)
+                let mut w: Vec<f32> = (0..n)
                     .map(|i| {
                         let t = if is_audio { i % vocab } else { i / fan_in };
                         rng.normal() as f32 * std * scales[t]
                     })
-                    .collect()
+                    .collect();
+                // Twin tokens: every token t ≡ 1 (mod TWIN_EVERY) has the same head weights
+                // as t − 1, so exact logit ties occur (as they do in bf16 checkpoints) and
+                // top-k tie handling is observable.
+                for t in (1..vocab).filter(|t| t % TWIN_EVERY == 1) {
+                    let rows = n / (vocab * fan_in);
+                    for r in 0..rows {
+                        for d in 0..fan_in {
+                            let (src, dst) = if is_audio {
+                                (
+                                    (r * fan_in + d) * vocab + t - 1,
+                                    (r * fan_in + d) * vocab + t,
+                                )
+                            } else {
+                                ((t - 1) * fan_in + d, t * fan_in + d)
+                            };
+                            w[dst] = w[src];
+                        }
+                    }
+                }
+                w
             } else if name.ends_with(".scale") {
                 (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
             } else {

@@ -259,6 +259,9 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
     for m in &d.per_codebook {
         s.push_str(&cb_row(m));
     }
+    if let Some(e) = &d.performance.explanation {
+        let _ = writeln!(s, "\n## Performance\n\n{e}");
+    }
     if !d.warnings.is_empty() {
         let _ = writeln!(s, "\n## Warnings\n");
         for w in &d.warnings {

@@ -49,6 +49,9 @@ pub fn render(d: &Diff) -> String {
     let _ = writeln!(s, "{}", d.verdict.line);
     let _ = writeln!(s, "{}", run_line("A (reference)", &d.a));
     let _ = writeln!(s, "{}", run_line("B (candidate)", &d.b));
+    if let Some(e) = &d.performance.explanation {
+        let _ = writeln!(s, "performance: {e}");
+    }
     let _ = writeln!(
         s,
         "steps: {} compared, {} comparable — {}",

@@ -130,6 +130,7 @@ pub fn write(dir: &Path, spec: &Spec, recs: &[FrameRecord]) -> PathBuf {
             prefill_ms: 2.0,
             total_ms: 3.0,
             mean_frame_ms: 1.0,
+            step_positions: vec![],
         },
     )
     .unwrap()

@@ -1,0 +1,222 @@
+//! `selftest`: inject every known MLX-port bug into the MLX pipeline, capture it against the
+//! torch reference on the tiny fixture, diff, and check the harness's verdict: detected, in the
+//! right stage — and no false alarm on the clean pair or on a run diffed with itself.
+use crate::analysis::{self, DiffOptions};
+use crate::backend::BackendKind;
+use crate::capture::{Run, Storage};
+use crate::capture_run::{capture, CaptureOptions, Mode};
+use crate::faults::Fault;
+use crate::model::{CsmModel, DType};
+use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelftestRow {
+    /// `clean`, `self` (torch diffed with itself) or the fault's name.
+    pub case: String,
+    /// `none` where no divergence must be reported.
+    pub expected_stage: String,
+    pub detected: bool,
+    /// Stage the harness reported (`none` when it reported no divergence).
+    pub stage: String,
+    /// First divergence (frame, codebook), when one was located.
+    pub first_divergence: Option<[usize; 2]>,
+    /// The verdict line of the diff.
+    pub verdict: String,
+    /// Name and value of the number that shows the size of the effect.
+    pub headline: String,
+    pub headline_value: f64,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelftestReport {
+    pub model: String,
+    pub frames: usize,
+    pub rows: Vec<SelftestRow>,
+    pub all_pass: bool,
+}
+
+pub struct SelftestOptions {
+    pub max_frames: usize,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub text: String,
+    pub faults: Vec<Fault>,
+    /// Keep each case's runs (and a report of each) here.
+    pub out: std::path::PathBuf,
+}
+
+fn capture_case(
+    model: &CsmModel,
+    o: &SelftestOptions,
+    fault: Option<Fault>,
+    mode: Mode,
+    out: &Path,
+) -> Result<()> {
+    let opts = CaptureOptions {
+        text: o.text.clone(),
+        speaker: 0,
+        backends: vec![BackendKind::Torch, BackendKind::Mlx],
+        reference: BackendKind::Torch,
+        sampler: SamplerSpec::new(o.temperature, o.top_k, NoiseMode::Shared, o.seed)?,
+        max_frames: o.max_frames,
+        mode,
+        post: PostProcess::None,
+        dtype: DType::F32,
+        logits: Storage::F32,
+        probs: Storage::F32,
+        out: out.to_path_buf(),
+        progress: false,
+        inject: fault,
+    };
+    capture(model, &opts)?;
+    Ok(())
+}
+
+/// The effect size shown per case: the largest logit difference for model faults (teacher-forced
+/// when the tokens diverged), probability differences for the sampler, token agreement for
+/// post-processing, the work/time growth for performance.
+fn headline(d: &analysis::Diff, teacher: Option<&analysis::Diff>) -> (String, f64) {
+    let src = teacher.unwrap_or(d);
+    match d.verdict.stage.map(|s| s.name()) {
+        Some("sampler") => (
+            "max abs Δprob".into(),
+            src.overall.probs.as_ref().map_or(0.0, |p| p.max_abs.max),
+        ),
+        Some("post-processing") => (
+            "post-token agreement".into(),
+            d.overall.post_token_agreement,
+        ),
+        Some("performance") => {
+            let g = d.performance.b.as_ref();
+            let ratio = g.and_then(|g| Some(g.positions_last? as f64 / g.positions_first? as f64));
+            match ratio {
+                Some(r) => ("positions/step growth ×".into(), r),
+                None => ("step-time growth".into(), g.map_or(0.0, |g| g.time_growth)),
+            }
+        }
+        _ => (
+            "max abs Δlogit".into(),
+            src.overall.logits.as_ref().map_or(0.0, |l| l.max_abs.max),
+        ),
+    }
+}
+
+pub fn selftest(model: &CsmModel, o: &SelftestOptions) -> Result<SelftestReport> {
+    let opt = DiffOptions {
+        resamples: 200,
+        ..DiffOptions::default()
+    };
+    let mut rows = Vec::new();
+    let mut cases: Vec<Option<Fault>> = vec![None];
+    cases.extend(o.faults.iter().copied().map(Some));
+    for fault in cases {
+        let name = fault.map_or("clean".to_string(), |f| f.name().to_string());
+        let dir = o.out.join(&name);
+        capture_case(model, o, fault, Mode::Independent, &dir)?;
+        let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
+        let d = analysis::compare(&a, &b, &opt)?;
+        // After a token mismatch only teacher forcing keeps every step comparable.
+        let teacher = if d.divergence.first_token_mismatch.is_some() {
+            let tdir = o.out.join(format!("{name}-teacher"));
+            capture_case(model, o, fault, Mode::Teacher, &tdir)?;
+            Some(analysis::compare(
+                &Run::open(&tdir.join("torch"))?,
+                &Run::open(&tdir.join("mlx"))?,
+                &opt,
+            )?)
+        } else {
+            None
+        };
+        crate::report::write_report_dir(&d, &dir.join("report"))?;
+        let expected = fault.map_or("none", |f| f.expected_stage());
+        rows.push(row(name, expected, &d, teacher.as_ref()));
+    }
+    // A backend against itself: the clean reference run diffed with itself.
+    let clean = Run::open(&o.out.join("clean").join("torch"))?;
+    let d = analysis::compare(&clean, &clean, &opt)?;
+    rows.push(row("self".into(), "none", &d, None));
+    Ok(SelftestReport {
+        model: model.dir.display().to_string(),
+        frames: o.max_frames,
+        all_pass: rows.iter().all(|r| r.pass),
+        rows,
+    })
+}
+
+fn row(
+    case: String,
+    expected: &str,
+    d: &analysis::Diff,
+    teacher: Option<&analysis::Diff>,
+) -> SelftestRow {
+    let detected = matches!(d.verdict.kind.as_str(), "diverged" | "performance");
+    let stage = if detected {
+        d.verdict.stage.map_or("unknown", |s| s.name()).to_string()
+    } else {
+        "none".into()
+    };
+    let (headline, headline_value) = headline(d, teacher);
+    SelftestRow {
+        pass: stage == expected,
+        case,
+        expected_stage: expected.into(),
+        detected,
+        stage,
+        first_divergence: d.verdict.point.map(|p| [p.frame, p.codebook]),
+        verdict: d.verdict.line.clone(),
+        headline,
+        headline_value,
+    }
+}
+
+impl SelftestReport {
+    /// The detection table (also used in README).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} — {} frames per case on {}",
+            if self.all_pass {
+                "SELFTEST PASS: every verdict as expected"
+            } else {
+                "SELFTEST FAIL"
+            },
+            self.frames,
+            self.model
+        );
+        let _ = writeln!(
+            s,
+            "| case | expected | detected | stage reported | first divergence | effect | ok |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let first = r
+                .first_divergence
+                .map_or("–".to_string(), |[f, c]| format!("frame {f}, cb {c}"));
+            let stage = if r.detected {
+                r.stage.clone()
+            } else {
+                "no measurable effect".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} = {:.3e} | {} |",
+                r.case,
+                r.expected_stage,
+                if r.detected { "yes" } else { "no" },
+                stage,
+                first,
+                r.headline,
+                r.headline_value,
+                if r.pass { "✓" } else { "✗" }
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,68 @@
+//! Issue 6: every injected MLX-port bug gets its expected verdict, and nothing cries wolf.
+#![cfg(all(feature = "mlx", feature = "torch"))]
+use csm_parity::faults::Fault;
+use csm_parity::model::{fixture, CsmModel};
+use csm_parity::selftest::{selftest, SelftestOptions};
+
+#[test]
+fn every_fault_gets_its_expected_verdict() {
+    let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SelftestOptions {
+        max_frames: 48,
+        seed: 42,
+        temperature: 0.9,
+        top_k: 5,
+        text: "hi".into(),
+        faults: Fault::ALL.to_vec(),
+        out: tmp.path().to_path_buf(),
+    };
+    let r = selftest(&model, &o).unwrap();
+    let table = r.render();
+    let get = |case: &str| {
+        r.rows
+            .iter()
+            .find(|row| row.case == case)
+            .unwrap_or_else(|| panic!("no row {case}\n{table}"))
+    };
+    // No false alarms.
+    for case in ["clean", "self", "temp-epsilon"] {
+        let row = get(case);
+        assert!(!row.detected, "{case} cried wolf\n{table}");
+    }
+    assert_eq!(get("self").headline_value, 0.0);
+    assert!(get("clean").headline_value < 1e-4, "{table}");
+    // Each fault in its stage, at the place it first acts.
+    for f in Fault::ALL {
+        let row = get(f.name());
+        assert_eq!(row.stage, f.expected_stage(), "{}\n{table}", f.name());
+        assert!(row.pass);
+    }
+    assert_eq!(
+        get("context-loss").first_divergence,
+        Some([1, 0]),
+        "the prompt is forgotten after frame 0\n{table}"
+    );
+    assert_eq!(
+        get("wrong-position").first_divergence,
+        Some([0, 0]),
+        "{table}"
+    );
+    assert_eq!(
+        get("decoder-pos-reset").first_divergence.map(|p| p[1]),
+        Some(2),
+        "first codebook fed at a wrong position\n{table}"
+    );
+    assert_eq!(
+        get("no-cache").first_divergence,
+        None,
+        "same numbers, only cost differs\n{table}"
+    );
+    // bf16 rounding of logits is caught by the logits metrics, and its size is reported.
+    let bf16 = get("bf16-logits");
+    assert!(
+        bf16.headline_value > 1e-3 && bf16.headline_value < 0.2,
+        "{table}"
+    );
+    assert!(r.all_pass, "{table}");
+}
