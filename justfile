@@ -16,10 +16,17 @@ setup:
 build: setup
     cargo build --release
 
-# The main job on the bundled tiny model: make the fixture, then compare both backends.
+# The main job on the bundled tiny model: verify, conform, capture both pipelines, diff with an HTML report.
 demo: build
     ./target/release/csm-parity verify --frames 16
-    ./target/release/csm-parity conform ../shared/conformance/csm-tiny-transformers || true
+    if [ -d ../shared/conformance/csm-tiny-transformers ]; then ./target/release/csm-parity conform ../shared/conformance/csm-tiny-transformers; fi
+    ./target/release/csm-parity capture --text "Hello from csm-parity." --max-frames 32 --out runs/demo
+    ./target/release/csm-parity diff runs/demo --report runs/demo/report
+    @echo "open runs/demo/report/index.html"
+
+# Inject every known MLX-port bug and print the detection table.
+selftest: setup
+    cargo run --release -- selftest
 
 # Set up, then run the whole test suite (both backends, then the backend-neutral build).
 test: setup
@@ -32,9 +39,10 @@ lint: setup
     cargo clippy --all-targets -- -D warnings
     cargo clippy --no-default-features --all-targets -- -D warnings
 
-# Benchmarks: ms per frame per backend on the tiny fixture and on a random full-size CSM-1B.
+# Benchmarks: ms per frame per backend (tiny fixture, random full-size CSM-1B), diff throughput.
 bench: setup
     cargo bench --bench frames
+    cargo bench --no-default-features --bench diff
 
 # Remove build outputs (keeps .deps/).
 clean:
