@@ -12,30 +12,7 @@ pub use reader::{Dists, FrameBuf, Row, Run};
 pub use storage::Storage;
 pub use writer::{partial_path, RunWriter};
 
-use anyhow::Context;
-use std::io::Write;
-use std::path::Path;
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("{}: cannot write", path.display()))
-}
+pub use crate::util::write_atomic;
 
 /// What one backend did at one frame: `codebooks` sampled tokens, the tokens after
 /// post-processing, and (when recorded) the raw logits and sampler probabilities, row-major

@@ -53,7 +53,8 @@ impl LlamaFlavor {
     pub fn llama_100m() -> Self {
         Self::named(4, 8, 2, 1024, 8192)
     }
-    fn named(layers: usize, heads: usize, kv: usize, dim: usize, mlp: usize) -> Self {
+    /// A Llama-3.2-style flavour (RoPE base 500000 with Llama-3 scaling, eps 1e-5, 2048 positions).
+    pub fn named(layers: usize, heads: usize, kv: usize, dim: usize, mlp: usize) -> Self {
         LlamaFlavor {
             num_layers: layers,
             num_heads: heads,
@@ -153,24 +154,12 @@ impl CsmConfig {
 
     /// The tiny fixture: same architecture, 2+2 layers, small dims, 8 codebooks, 264 text ids.
     pub fn tiny() -> Self {
-        let small = |layers, heads, kv, dim: usize, mlp| LlamaFlavor {
-            num_layers: layers,
-            num_heads: heads,
-            num_kv_heads: kv,
-            embed_dim: dim,
-            head_dim: dim / heads,
-            intermediate_dim: mlp,
-            norm_eps: 1e-5,
-            rope_base: 500_000.0,
-            rope_scaling: Some(RopeScaling::LLAMA32),
-            max_seq_len: 2048,
-        };
         CsmConfig {
             audio_num_codebooks: 8,
             audio_vocab_size: 2051,
             text_vocab_size: 264,
-            backbone: small(2, 4, 2, 64, 256),
-            decoder: small(2, 4, 2, 32, 128),
+            backbone: LlamaFlavor::named(2, 4, 2, 64, 256),
+            decoder: LlamaFlavor::named(2, 4, 2, 32, 128),
         }
     }
 
