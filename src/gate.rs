@@ -169,13 +169,16 @@ pub fn parse_config(text: &str, path: &Path) -> Result<GateConfig> {
             .span()
             .map(|s| {
                 let (line, col) = line_col(text, s.start);
-                format!(":{line}:{col}")
+                let src = text.lines().nth(line - 1).unwrap_or("").trim();
+                (format!(":{line}:{col}"), format!(" (line {line}: `{src}`)"))
             })
             .unwrap_or_default();
         anyhow::anyhow!(
-            "{}{loc}: invalid gate config: {}",
+            "{}{}: invalid gate config: {}{}",
             path.display(),
-            e.message().trim()
+            loc.0,
+            e.message().trim(),
+            loc.1
         )
     })?;
     let b = cfg.baseline.as_ref();
@@ -395,12 +398,15 @@ pub fn perturb(model: &mut CsmModel, name: &str, eps: f64, seed: u64) -> Result<
     Ok(())
 }
 
+/// (metric, limit, measured value, comparison, description).
+type ThresholdRow = (&'static str, Option<f64>, Option<f64>, &'static str, String);
+
 /// Checks: every threshold present, then every baseline value present.
 pub fn checks(cfg: &GateConfig, m: &Measured) -> Vec<Check> {
     let t = &cfg.thresholds;
     let mut out = Vec::new();
     let n = m.jobs;
-    let spec: [(&str, Option<f64>, Option<f64>, &'static str, String); 6] = [
+    let spec: [ThresholdRow; 6] = [
         (
             "token_agreement",
             t.token_agreement_min,
