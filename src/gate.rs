@@ -339,21 +339,26 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
         keep_runs: false,
     };
     let work = std::env::temp_dir().join(format!("csm-parity-gate-{}", std::process::id()));
-    let mut results: Vec<JobResult> = Vec::new();
-    for (ti, text) in cfg.run.texts.iter().enumerate() {
-        for &seed in &cfg.run.seeds {
-            let job = Job {
-                temperature: cfg.run.temperature,
-                top_k: cfg.run.top_k,
-                seed,
-                text_index: ti,
-            };
-            let r = sweep::run_job(&model, Some(&mut loaded), &job, text, &settings, &work);
-            let r = r.with_context(|| format!("gate job text {ti} seed {seed}"))?;
-            results.push(r);
+    let mut run_all = || -> Result<Vec<JobResult>> {
+        let mut results = Vec::new();
+        for (ti, text) in cfg.run.texts.iter().enumerate() {
+            for &seed in &cfg.run.seeds {
+                let job = Job {
+                    temperature: cfg.run.temperature,
+                    top_k: cfg.run.top_k,
+                    seed,
+                    text_index: ti,
+                };
+                let r = sweep::run_job(&model, Some(&mut loaded), &job, text, &settings, &work);
+                results.push(r.with_context(|| format!("gate job text {ti} seed {seed}"))?);
+            }
         }
-    }
+        Ok(results)
+    };
+    let results = run_all();
+    // The captures are scratch: removed whether or not the jobs succeeded.
     let _ = std::fs::remove_dir_all(&work);
+    let results = results?;
     let refs: Vec<&JobResult> = results.iter().collect();
     let pooled = sweep::pooled_of(&refs);
     let ta: Vec<f64> = results

@@ -1,13 +1,8 @@
 //! `csm-parity sweep` and `csm-parity gate` on the tiny fixture (issue 5).
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_csm-parity"))
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
@@ -19,15 +14,21 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
-fn result_of(dir: &Path) -> serde_json::Value {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
-    v["result"].clone()
-}
-
 #[cfg(all(feature = "mlx", feature = "torch"))]
 mod with_backends {
     use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn result_of(dir: &Path) -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+        v["result"].clone()
+    }
+
     use csm_parity::model::{fixture, CsmModel};
     use csm_parity::sweep::{self, output, Execution, SweepSpec};
 
