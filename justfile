@@ -28,10 +28,18 @@ demo: build
 selftest: setup
     cargo run --release -- selftest
 
-# Set up, then run the whole test suite (both backends, then the backend-neutral build).
-test: setup
+# Set up, then run the whole test suite (both backends, then the backend-neutral build), then the parity gate.
+test: setup && gate
     cargo test
     cargo test --no-default-features --lib --tests
+
+# Parity regression gate on the tiny fixture (fixtures/gate.toml); JUnit XML in target/gate-junit.xml. Exit 1 when a check fails.
+gate: setup
+    cargo run -- gate --config fixtures/gate.toml --junit target/gate-junit.xml --markdown target/gate-summary.md
+
+# Sweep temperatures × top-k on the tiny fixture (results in runs/sweep/: sweep.md, sweep.csv, sweep.json, heatmaps).
+sweep: setup
+    cargo run -- sweep --temps 0.6,0.8 --topk 50,100 --seeds 8 --max-frames 16 --out runs/sweep
 
 # Formatting and lints (warnings are errors).
 lint: setup
@@ -43,6 +51,7 @@ lint: setup
 bench: setup
     cargo bench --bench frames
     cargo bench --no-default-features --bench diff
+    cargo bench --bench sweep
 
 # Remove build outputs (keeps .deps/).
 clean:

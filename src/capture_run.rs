@@ -86,10 +86,39 @@ pub struct CaptureSummary {
     pub tokens_equal: Option<bool>,
 }
 
+/// A backend loaded once and reused by several captures ([`capture_with`]): the sweep and the
+/// gate load each pipeline once instead of once per capture.
+pub struct LoadedBackend {
+    pub kind: BackendKind,
+    pub backend: Box<dyn Backend>,
+    /// Load time, reported in the manifest of the first capture that uses it (0 afterwards).
+    pub load_ms: f64,
+}
+
+/// Loads `kinds` (reference first) from `model` computing in `dtype`.
+pub fn load_backends(
+    model: &CsmModel,
+    kinds: &[BackendKind],
+    dtype: DType,
+) -> Result<Vec<LoadedBackend>> {
+    kinds
+        .iter()
+        .map(|&kind| {
+            let t0 = Instant::now();
+            let backend = backend::load(kind, model, dtype)?;
+            Ok(LoadedBackend {
+                kind,
+                backend,
+                load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            })
+        })
+        .collect()
+}
+
 /// The shared frame loop state of one backend.
-struct Track {
+struct Track<'b> {
     kind: BackendKind,
-    backend: Box<dyn Backend>,
+    backend: &'b mut dyn Backend,
     writer: RunWriter,
     input: Frames,
     sampled: Vec<Vec<i32>>,
@@ -101,7 +130,7 @@ struct Track {
     post: PostProcess,
 }
 
-impl Track {
+impl Track<'_> {
     fn push(&mut self, out: FrameOutput, fed: Vec<i32>, us: f64, vocab: usize) -> Result<()> {
         let rec = FrameRecord {
             post_tokens: self.post.apply(&out.sampled),
@@ -167,6 +196,32 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
     if opts.backends.is_empty() {
         bail!("no backend selected");
     }
+    let mut loaded = load_backends(model, &opts.backends, opts.dtype)?;
+    capture_with(model, opts, &mut loaded)
+}
+
+/// [`capture`] with backends already loaded (`loaded` must hold `opts.backends`, in that
+/// order). Each backend is reset (KV caches cleared, native RNG reseeded) before the capture,
+/// so a capture with reused backends equals one with freshly loaded ones. `opts.inject` is
+/// applied to the loaded MLX backend and stays with it: reuse only fault-free backends. The backends may have
+/// been loaded from different weights or dtypes than `model` (the gate's `[candidate]`); the
+/// manifests describe `model` and each backend's own `info()`.
+pub fn capture_with(
+    model: &CsmModel,
+    opts: &CaptureOptions,
+    loaded: &mut [LoadedBackend],
+) -> Result<CaptureSummary> {
+    let kinds: Vec<BackendKind> = loaded.iter().map(|l| l.kind).collect();
+    if kinds != opts.backends {
+        bail!(
+            "capture_with: loaded backends {:?} do not match the requested {:?}",
+            kinds,
+            opts.backends
+        );
+    }
+    if opts.backends.is_empty() {
+        bail!("no backend selected");
+    }
     if opts.mode != Mode::Independent && opts.backends.len() < 2 {
         bail!(
             "--mode {} needs both backends (--backend both)",
@@ -188,10 +243,10 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("--out {}: cannot create", opts.out.display()))?;
     let mut tracks = Vec::new();
-    for &kind in &opts.backends {
-        let t0 = Instant::now();
-        let mut backend = backend::load(kind, model, opts.dtype)?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    for lb in loaded.iter_mut() {
+        let kind = lb.kind;
+        let load_ms = std::mem::take(&mut lb.load_ms);
+        let backend: &mut dyn Backend = lb.backend.as_mut();
         let mut post = if kind == opts.reference && !single {
             PostProcess::None
         } else {

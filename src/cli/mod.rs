@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 pub mod capture;
 pub mod common;
 pub mod diff;
+pub mod gate;
 pub mod model_cmds;
+pub mod sweep;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +36,11 @@ pub enum Command {
     Selftest(model_cmds::SelftestArgs),
     /// Compare two run directories (or one capture directory holding torch/ and mlx/).
     Diff(diff::DiffArgs),
+    /// Sweep temperatures × top-k over seeds and texts; rank the cells by parity (`sweep merge`
+    /// combines shards).
+    Sweep(sweep::SweepArgs),
+    /// CI regression gate: thresholds and a baseline from a TOML config; exit 1 when a check fails.
+    Gate(gate::GateArgs),
 }
 
 /// Parses the command line, runs the command, returns the process exit code.
@@ -48,6 +55,8 @@ pub fn main() -> i32 {
         Command::Capture(a) => capture::run(a),
         Command::Selftest(a) => model_cmds::run_selftest(a),
         Command::Diff(args) => diff::run(args),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Gate(a) => gate::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,51 @@
+//! `csm-parity gate` (issue 5).
+use super::common::print_json;
+use crate::gate;
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Gate config (TOML): model, texts, seeds, sampler, thresholds, optional [candidate] and
+    /// [baseline].
+    #[arg(long, default_value = "fixtures/gate.toml", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Rewrite the [baseline] section of the config with the values measured now (the rest of
+    /// the file is kept), then check against it.
+    #[arg(long)]
+    pub update_baseline: bool,
+    /// Write JUnit XML (one test case per check) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write the markdown summary to FILE (default: printed after the check lines).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Print the whole report as JSON instead of the lines and the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit 0: every check passes; 1: a check fails; 2 (via the error path): usage or input error.
+pub fn run(a: GateArgs) -> Result<i32> {
+    let report = gate::run_gate(&a.config, a.update_baseline)?;
+    if let Some(p) = &a.junit {
+        crate::util::write_atomic(p, report.junit().as_bytes())?;
+    }
+    if let Some(p) = &a.markdown {
+        crate::util::write_atomic(p, report.markdown().as_bytes())?;
+    }
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.lines());
+        if a.update_baseline {
+            println!("baseline updated in {}", a.config.display());
+        }
+        if a.markdown.is_none() {
+            println!();
+            print!("{}", report.markdown());
+        }
+    }
+    Ok(if report.passed { 0 } else { 1 })
+}

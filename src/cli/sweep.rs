@@ -1,0 +1,155 @@
+//! `csm-parity sweep` and `csm-parity sweep merge` (issue 5).
+use super::common::{print_json, ModelArgs};
+use crate::sampling::{parse_temperature, parse_top_k};
+use crate::sweep::{self, output, Execution, Shard, SweepSpec};
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub command: Option<SweepCommand>,
+    #[command(flatten)]
+    pub run: SweepRunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Combine the job results of shard directories (`--shard i/n` runs) into one sweep.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard output directories (each holds spec.json and jobs/).
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for the merged sweep (may be one of the inputs).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print the merged result as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepRunArgs {
+    /// Temperatures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.6,0.8", value_parser = parse_temperature)]
+    pub temps: Vec<f64>,
+    /// Top-k values, comma-separated (0 = no filtering).
+    #[arg(long, value_delimiter = ',', default_value = "50,100", value_parser = parse_top_k)]
+    pub topk: Vec<usize>,
+    /// Seeds: N (0..N), A..B (half-open) or a list 1,5,9.
+    #[arg(long, default_value = "8", value_parser = sweep::parse_seeds)]
+    pub seeds: ::std::vec::Vec<u64>,
+    /// One text to speak (default: a pangram).
+    #[arg(long, conflicts_with = "texts")]
+    pub text: Option<String>,
+    /// File with one text per line (blank lines and lines starting with # are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// Frames per run at most.
+    #[arg(long, default_value_t = 32)]
+    pub max_frames: usize,
+    #[arg(long, default_value_t = 0)]
+    pub speaker: u32,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output directory: jobs/, sweep.json, sweep.csv, sweep.md, heatmap_*.png|svg.
+    #[arg(long, default_value = "runs/sweep", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Run only shard i of n (1-based): the jobs whose index in the sorted job list is ≡ i−1 mod n.
+    /// Aggregate the shard directories with `sweep merge`.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<Shard>,
+    /// Worker threads, each with its own loaded backends.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Keep the capture run directories (DIR/work/<job>/{shared,native}/) after their metrics
+    /// are stored.
+    #[arg(long)]
+    pub keep_runs: bool,
+    /// Print the result as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: SweepArgs) -> Result<i32> {
+    match a.command {
+        Some(SweepCommand::Merge(m)) => merge(m),
+        None => run_sweep(a.run),
+    }
+}
+
+fn merge(m: MergeArgs) -> Result<i32> {
+    let r = sweep::merge(&m.dirs, &m.out)?;
+    if m.json {
+        print_json(&serde_json::json!({ "result": r }))?;
+    } else {
+        print!("{}", output::terminal(&r));
+        eprintln!("merged sweep written to {}", m.out.display());
+    }
+    Ok(0)
+}
+
+fn run_sweep(a: SweepRunArgs) -> Result<i32> {
+    if a.jobs == 0 {
+        bail!("--jobs: expected at least 1");
+    }
+    let texts = match (&a.text, &a.texts) {
+        (Some(t), _) => vec![t.clone()],
+        (None, Some(f)) => sweep::read_texts(f)?,
+        (None, None) => vec![sweep::DEFAULT_TEXT.to_string()],
+    };
+    let model = a.model.load()?;
+    let spec = SweepSpec {
+        temperatures: a.temps,
+        top_ks: a.topk,
+        seeds: a.seeds,
+        texts,
+        max_frames: a.max_frames,
+        speaker: a.speaker,
+        dtype: a.model.dtype.name().into(),
+        model_sha256: model.weights.sha256.clone(),
+        model_path: model.dir.display().to_string(),
+    };
+    let exec = Execution {
+        workers: a.jobs,
+        reuse_backends: true,
+        progress: !a.json,
+        keep_runs: a.keep_runs,
+    };
+    let (stats, result) = sweep::run_sweep(&model, &spec, &a.out, a.shard, &exec)?;
+    if a.json {
+        print_json(&serde_json::json!({ "result": result, "run": stats }))?;
+        return Ok(0);
+    }
+    eprintln!(
+        "{} jobs: {} reused, {} run in {:.1} s ({} worker{})",
+        stats.jobs_in_shard,
+        stats.jobs_reused,
+        stats.jobs_run,
+        stats.wall_s,
+        stats.workers,
+        if stats.workers == 1 { "" } else { "s" }
+    );
+    match (result, a.shard) {
+        (Some(r), _) => {
+            print!("{}", output::terminal(&r));
+            eprintln!("sweep written to {}", a.out.display());
+        }
+        (None, Some(s)) => println!(
+            "shard {}/{} done: {} of {} jobs stored in {}; combine with `csm-parity sweep merge DIR... --out DIR`",
+            s.index,
+            s.count,
+            stats.jobs_in_shard,
+            stats.jobs_total,
+            a.out.join("jobs").display()
+        ),
+        (None, None) => {}
+    }
+    Ok(0)
+}
