@@ -6,7 +6,7 @@ use crate::capture::{
     Timings,
 };
 use crate::faults::Fault;
-use crate::model::{CsmModel, DType, Frames};
+use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -36,15 +36,127 @@ impl Mode {
     }
 }
 
+/// The model a capture runs: CSM (C audio codebooks per frame) or a plain Llama LM (one token
+/// per frame, C = 1).
+#[derive(Clone, Copy)]
+pub enum ModelRef<'a> {
+    Csm(&'a CsmModel),
+    Llama(&'a LlamaModel),
+}
+
+impl ModelRef<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelRef::Csm(_) => "csm",
+            ModelRef::Llama(_) => "llama",
+        }
+    }
+    pub fn dir(&self) -> &Path {
+        match self {
+            ModelRef::Csm(m) => &m.dir,
+            ModelRef::Llama(m) => &m.dir,
+        }
+    }
+    /// Codebooks per frame (1 for an LM).
+    pub fn codebooks(&self) -> usize {
+        match self {
+            ModelRef::Csm(m) => m.config.audio_num_codebooks,
+            ModelRef::Llama(_) => 1,
+        }
+    }
+    /// Vocabulary of the sampled tokens.
+    pub fn vocab(&self) -> usize {
+        match self {
+            ModelRef::Csm(m) => m.config.audio_vocab_size,
+            ModelRef::Llama(m) => m.config.vocab_size,
+        }
+    }
+    /// Prompt token ids and the input rows of the first step.
+    pub fn prompt(&self, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames)> {
+        match self {
+            ModelRef::Csm(m) => {
+                if opts.chat {
+                    bail!("--chat applies to Llama models only");
+                }
+                m.prompt_frames(opts.speaker, &opts.text)
+            }
+            ModelRef::Llama(m) => {
+                let ids = m.prompt_ids(&opts.text, opts.chat)?;
+                let frames = Frames::lm(&ids, m.config.vocab_size)?;
+                Ok((ids, frames))
+            }
+        }
+    }
+    pub fn load_backend(&self, kind: BackendKind, dtype: DType) -> Result<Box<dyn Backend>> {
+        match self {
+            ModelRef::Csm(m) => backend::load(kind, m, dtype),
+            ModelRef::Llama(m) => backend::load_llama(kind, m, dtype),
+        }
+    }
+    fn model_info(&self) -> ModelInfo {
+        match self {
+            ModelRef::Csm(m) => ModelInfo {
+                kind: "csm".into(),
+                path: m.dir.display().to_string(),
+                layout: m.weights.layout.name().into(),
+                sha256: m.weights.sha256.clone(),
+                config: m.config.to_original_json(),
+            },
+            ModelRef::Llama(m) => ModelInfo {
+                kind: "llama".into(),
+                path: m.dir.display().to_string(),
+                layout: "hf".into(),
+                sha256: m.sha256.clone(),
+                config: m.config_json(),
+            },
+        }
+    }
+    /// The stop reason of a frame, if it ends generation: an all-zero CSM frame (`eos`) or an
+    /// LM EOS id (`eos_token`).
+    fn stop_of(&self, sampled: &[i32]) -> Option<&'static str> {
+        match self {
+            ModelRef::Csm(_) => sampled.iter().all(|&t| t == 0).then_some("eos"),
+            ModelRef::Llama(m) => sampled
+                .first()
+                .is_some_and(|&t| m.eos_ids.contains(&(t as u32)))
+                .then_some("eos_token"),
+        }
+    }
+    fn limit_reason(&self) -> &'static str {
+        match self {
+            ModelRef::Csm(_) => "max_frames",
+            ModelRef::Llama(_) => "max_tokens",
+        }
+    }
+    /// Decoded text of an LM's generated tokens (EOS left out).
+    fn output_text(&self, sampled: &[Vec<i32>]) -> Result<Option<String>> {
+        match self {
+            ModelRef::Csm(_) => Ok(None),
+            ModelRef::Llama(m) => {
+                let ids: Vec<u32> = sampled
+                    .iter()
+                    .flatten()
+                    .map(|&t| t as u32)
+                    .filter(|t| !m.eos_ids.contains(t))
+                    .collect();
+                m.decode(&ids).map(Some)
+            }
+        }
+    }
+}
+
 /// Everything a capture needs.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
     pub text: String,
     pub speaker: u32,
+    /// LM only: wrap the prompt in the Llama-3 chat format.
+    pub chat: bool,
     /// Reference first.
     pub backends: Vec<BackendKind>,
     pub reference: BackendKind,
     pub sampler: SamplerSpec,
+    /// Frames (CSM) or tokens (LM) to generate at most.
     pub max_frames: usize,
     pub mode: Mode,
     /// Post-processing of the pipeline under test (every non-reference backend).
@@ -68,11 +180,16 @@ pub struct RunSummary {
     pub prefill_frame_ms: f64,
     pub load_ms: f64,
     pub info: BackendInfo,
+    /// Decoded text of the generated tokens (LM runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_text: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptureSummary {
     pub out: String,
+    /// `csm` or `llama`.
+    pub model_kind: String,
     pub mode: String,
     pub noise: String,
     pub temperature: f32,
@@ -97,7 +214,7 @@ pub struct LoadedBackend {
 
 /// Loads `kinds` (reference first) from `model` computing in `dtype`.
 pub fn load_backends(
-    model: &CsmModel,
+    model: ModelRef,
     kinds: &[BackendKind],
     dtype: DType,
 ) -> Result<Vec<LoadedBackend>> {
@@ -105,7 +222,7 @@ pub fn load_backends(
         .iter()
         .map(|&kind| {
             let t0 = Instant::now();
-            let backend = backend::load(kind, model, dtype)?;
+            let backend = model.load_backend(kind, dtype)?;
             Ok(LoadedBackend {
                 kind,
                 backend,
@@ -131,7 +248,14 @@ struct Track<'b> {
 }
 
 impl Track<'_> {
-    fn push(&mut self, out: FrameOutput, fed: Vec<i32>, us: f64, vocab: usize) -> Result<()> {
+    fn push(
+        &mut self,
+        model: ModelRef,
+        out: FrameOutput,
+        fed: Vec<i32>,
+        us: f64,
+        vocab: usize,
+    ) -> Result<()> {
         let rec = FrameRecord {
             post_tokens: self.post.apply(&out.sampled),
             tokens: out.sampled.clone(),
@@ -142,8 +266,8 @@ impl Track<'_> {
         self.writer.push(&rec)?;
         self.step_us.push(us);
         self.positions.push(out.positions as u32);
-        if out.sampled.iter().all(|&t| t == 0) {
-            self.stop = Some("eos");
+        if let Some(stop) = model.stop_of(&out.sampled) {
+            self.stop = Some(stop);
         }
         self.input = Frames::audio(&fed, vocab)?;
         self.sampled.push(out.sampled);
@@ -153,7 +277,7 @@ impl Track<'_> {
 }
 
 fn manifest_for(
-    model: &CsmModel,
+    model: ModelRef,
     opts: &CaptureOptions,
     info: BackendInfo,
     ids: &[u32],
@@ -161,13 +285,7 @@ fn manifest_for(
 ) -> Manifest {
     let mut m = Manifest::example(&info.name);
     m.backend = info;
-    m.model = ModelInfo {
-        kind: "csm".into(),
-        path: model.dir.display().to_string(),
-        layout: model.weights.layout.name().into(),
-        sha256: model.weights.sha256.clone(),
-        config: model.config.to_original_json(),
-    };
+    m.model = model.model_info();
     m.prompt = PromptInfo {
         text: opts.text.clone(),
         speaker: opts.speaker,
@@ -182,8 +300,8 @@ fn manifest_for(
         },
         temperature: opts.sampler.temperature as f64,
         top_k: opts.sampler.top_k,
-        top_p: None,
-        min_p: None,
+        top_p: opts.sampler.active_top_p().map(|p| p as f64),
+        min_p: opts.sampler.active_min_p().map(|p| p as f64),
         seed: opts.sampler.seed,
         post: post.to_string(),
         reference: opts.reference.name().into(),
@@ -191,8 +309,14 @@ fn manifest_for(
     m
 }
 
-/// Runs the capture; returns the summary. Run directories appear only when complete.
+/// Runs the capture of a CSM model; returns the summary. Run directories appear only when
+/// complete.
 pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary> {
+    capture_model(ModelRef::Csm(model), opts)
+}
+
+/// Runs the capture of either model kind; returns the summary.
+pub fn capture_model(model: ModelRef, opts: &CaptureOptions) -> Result<CaptureSummary> {
     if opts.backends.is_empty() {
         bail!("no backend selected");
     }
@@ -207,7 +331,7 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
 /// been loaded from different weights or dtypes than `model` (the gate's `[candidate]`); the
 /// manifests describe `model` and each backend's own `info()`.
 pub fn capture_with(
-    model: &CsmModel,
+    model: ModelRef,
     opts: &CaptureOptions,
     loaded: &mut [LoadedBackend],
 ) -> Result<CaptureSummary> {
@@ -234,11 +358,16 @@ pub fn capture_with(
         }
     }
     if opts.max_frames == 0 {
-        bail!("--max-frames must be at least 1");
+        bail!(
+            "{} must be at least 1",
+            match model {
+                ModelRef::Csm(_) => "--max-frames",
+                ModelRef::Llama(_) => "--max-tokens",
+            }
+        );
     }
-    let cfg = &model.config;
-    let (c, v) = (cfg.audio_num_codebooks, cfg.audio_vocab_size);
-    let (ids, prompt) = model.prompt_frames(opts.speaker, &opts.text)?;
+    let (c, v) = (model.codebooks(), model.vocab());
+    let (ids, prompt) = model.prompt(opts)?;
     let single = opts.backends.len() == 1;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("--out {}: cannot create", opts.out.display()))?;
@@ -311,7 +440,7 @@ pub fn capture_with(
             let out = first.backend.generate_frame(&req)?;
             let us = t0.elapsed().as_secs_f64() * 1e6;
             let fed = out.sampled.clone();
-            first.push(out, fed, us, v)?;
+            first.push(model, out, fed, us, v)?;
         }
         for t in rest.iter_mut() {
             if t.stop.is_some() {
@@ -368,7 +497,7 @@ pub fn capture_with(
                 }
             };
             let us = t0.elapsed().as_secs_f64() * 1e6;
-            t.push(out, fed, us, v)?;
+            t.push(model, out, fed, us, v)?;
         }
         bar.inc(1);
         if tracks.iter().all(|t| t.stop.is_some()) {
@@ -389,9 +518,11 @@ pub fn capture_with(
     };
     let tokens_equal = (tracks.len() >= 2)
         .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
-    for t in tracks {
+    for mut t in tracks {
         let frames = t.sampled.len();
-        let stop = t.stop.unwrap_or("max_frames");
+        let stop = t.stop.unwrap_or(model.limit_reason());
+        let output_text = model.output_text(&t.sampled)?;
+        t.writer.set_output_text(output_text.clone());
         let total_us: f64 = t.step_us.iter().sum();
         let steady: Vec<f64> = t.step_us.iter().skip(1).cloned().collect();
         let mean_ms = if steady.is_empty() {
@@ -418,10 +549,12 @@ pub fn capture_with(
             prefill_frame_ms: prefill_ms,
             load_ms: t.load_ms,
             info,
+            output_text,
         });
     }
     Ok(CaptureSummary {
         out: opts.out.display().to_string(),
+        model_kind: model.kind().into(),
         mode: opts.mode.name().into(),
         noise: if sampler.is_greedy() {
             "greedy".into()
@@ -484,6 +617,11 @@ impl CaptureSummary {
                 "  {:<6} {:>7} {:<18} {:>12.2} {:>13.2}  {}",
                 r.backend, r.frames, r.stop_reason, r.mean_frame_ms, r.prefill_frame_ms, r.dir
             );
+        }
+        for r in &self.runs {
+            if let Some(text) = &r.output_text {
+                let _ = writeln!(s, "  {:<6} text: {text:?}", r.backend);
+            }
         }
         s
     }

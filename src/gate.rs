@@ -4,7 +4,7 @@
 //! checks. Exit 0: every check passes; 1: a check fails; 2: usage or input error.
 use crate::backend::BackendKind;
 use crate::capture::Storage;
-use crate::capture_run::{load_backends, LoadedBackend};
+use crate::capture_run::{load_backends, LoadedBackend, ModelRef};
 use crate::model::{fixture, CsmModel, DType, HostTensor};
 use crate::sweep::{self, Job, JobResult, JobSettings};
 use anyhow::{bail, Context, Result};
@@ -312,7 +312,7 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
     };
     let model = CsmModel::load(&dir)?;
     let dtype: DType = cfg.run.dtype.parse()?;
-    let mut loaded = load_backends(&model, &[BackendKind::Torch], dtype)?;
+    let mut loaded = load_backends(ModelRef::Csm(&model), &[BackendKind::Torch], dtype)?;
     let cand_dtype: DType = match &cfg.candidate.dtype {
         Some(d) => d.parse()?,
         None => dtype,
@@ -326,9 +326,9 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
                 .as_deref()
                 .unwrap_or(DEFAULT_PERTURB_TENSOR);
             perturb(&mut m, name, eps, cfg.candidate.perturb_seed)?;
-            load_backends(&m, &[BackendKind::Mlx], cand_dtype)?
+            load_backends(ModelRef::Csm(&m), &[BackendKind::Mlx], cand_dtype)?
         }
-        None => load_backends(&model, &[BackendKind::Mlx], cand_dtype)?,
+        None => load_backends(ModelRef::Csm(&model), &[BackendKind::Mlx], cand_dtype)?,
     };
     loaded.extend(cand);
     let settings = JobSettings {

@@ -4,7 +4,7 @@
 use crate::analysis::{self, DiffOptions};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::{capture, CaptureOptions, Mode};
+use crate::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
@@ -51,7 +51,7 @@ pub struct SelftestOptions {
 }
 
 fn capture_case(
-    model: &CsmModel,
+    model: ModelRef,
     o: &SelftestOptions,
     fault: Option<Fault>,
     mode: Mode,
@@ -60,6 +60,7 @@ fn capture_case(
     let opts = CaptureOptions {
         text: o.text.clone(),
         speaker: 0,
+        chat: false,
         backends: vec![BackendKind::Torch, BackendKind::Mlx],
         reference: BackendKind::Torch,
         sampler: SamplerSpec::new(o.temperature, o.top_k, NoiseMode::Shared, o.seed)?,
@@ -73,7 +74,7 @@ fn capture_case(
         progress: false,
         inject: fault,
     };
-    capture(model, &opts)?;
+    capture_model(model, &opts)?;
     Ok(())
 }
 
@@ -106,7 +107,21 @@ fn headline(d: &analysis::Diff, teacher: Option<&analysis::Diff>) -> (String, f6
     }
 }
 
+/// The faults that apply to a model kind (a Llama LM has no depth decoder).
+pub fn applicable_faults(model: ModelRef) -> Vec<Fault> {
+    Fault::ALL
+        .into_iter()
+        .filter(|f| !(matches!(model, ModelRef::Llama(_)) && *f == Fault::DecoderPosReset))
+        .collect()
+}
+
+/// Runs the selftest on a CSM model.
 pub fn selftest(model: &CsmModel, o: &SelftestOptions) -> Result<SelftestReport> {
+    selftest_model(ModelRef::Csm(model), o)
+}
+
+/// Runs the selftest on either model kind (frames are tokens for an LM).
+pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestReport> {
     let opt = DiffOptions {
         resamples: 200,
         ..DiffOptions::default()
@@ -141,7 +156,7 @@ pub fn selftest(model: &CsmModel, o: &SelftestOptions) -> Result<SelftestReport>
     let d = analysis::compare(&clean, &clean, &opt)?;
     rows.push(row("self".into(), "none", &d, None));
     Ok(SelftestReport {
-        model: model.dir.display().to_string(),
+        model: model.dir().display().to_string(),
         frames: o.max_frames,
         all_pass: rows.iter().all(|r| r.pass),
         rows,

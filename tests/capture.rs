@@ -22,6 +22,7 @@ fn opts(
     CaptureOptions {
         text: text.into(),
         speaker: 0,
+        chat: false,
         backends: vec![BackendKind::Torch, BackendKind::Mlx],
         reference: BackendKind::Torch,
         sampler: SamplerSpec::new(temp, top_k, noise, seed).unwrap(),

@@ -1,7 +1,8 @@
-//! The `Backend` trait: one CSM pipeline (MLX or libtorch) that turns backbone input frames
-//! into one audio frame at a time, sampling on-device, with KV caches.
+//! The `Backend` trait: one pipeline (MLX or libtorch) that turns input frames into one output
+//! frame at a time, sampling on-device, with KV caches. CSM emits a frame of C audio codebooks;
+//! a plain Llama LM is the same with C = 1 (a frame is one token).
 use crate::capture::BackendInfo;
-use crate::model::{CsmModel, DType, Frames};
+use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 
@@ -116,6 +117,26 @@ pub fn load(kind: BackendKind, model: &CsmModel, dtype: DType) -> Result<Box<dyn
         BackendKind::Torch => Ok(Box::new(torch::TorchCsm::load(model, dtype)?)),
         #[cfg(feature = "mlx")]
         BackendKind::Mlx => Ok(Box::new(mlx::MlxCsm::load(model, dtype)?)),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (model, dtype);
+            bail!(
+                "backend {} is not compiled into this build (cargo feature `{}`)",
+                other.name(),
+                other.name()
+            )
+        }
+    }
+}
+
+/// Loads the Llama LM `model` (with its adapter, if any) into the backend `kind`: a
+/// [`Backend`] with one codebook whose frames are single tokens.
+pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result<Box<dyn Backend>> {
+    match kind {
+        #[cfg(feature = "torch")]
+        BackendKind::Torch => Ok(Box::new(torch::llama::TorchLlama::load(model, dtype)?)),
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => Ok(Box::new(mlx::llama::MlxLlama::load(model, dtype)?)),
         #[allow(unreachable_patterns)]
         other => {
             let _ = (model, dtype);

@@ -290,6 +290,11 @@ impl RunWriter {
         Ok(())
     }
 
+    /// Sets `manifest.output_text` (the decoded text of an LM run).
+    pub fn set_output_text(&mut self, text: Option<String>) {
+        self.manifest.output_text = text;
+    }
+
     /// Finalizes the arrays, writes `manifest.json` with status `complete`, fsyncs and renames
     /// `<dir>.partial` to `<dir>`. Returns `<dir>`.
     pub fn finish(self, stop_reason: &str, timings: Timings) -> Result<PathBuf> {

@@ -1,18 +1,27 @@
 //! `csm-parity capture`.
-use super::common::{print_json, BackendChoice, ModelArgs};
+use super::common::{print_json, BackendChoice, ModelArgs, ModelKindChoice};
 use crate::backend::BackendKind;
 use crate::capture::Storage;
-use crate::capture_run::{capture, CaptureOptions, Mode};
+use crate::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
 use crate::sampling::{parse_temperature, parse_top_k, NoiseMode, PostProcess, SamplerSpec};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// Text to speak.
+    /// Text to speak (CSM) or the prompt (Llama).
     #[arg(long)]
     pub text: String,
+    /// Model architecture: auto (llama when config.json says model_type "llama"), csm, llama.
+    #[arg(long, value_enum, default_value_t = ModelKindChoice::Auto)]
+    pub model_kind: ModelKindChoice,
+    /// Llama: an MLX-LM LoRA adapter directory (adapter_config.json + adapters.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Llama: wrap the prompt in the Llama-3 chat format (user turn + assistant header).
+    #[arg(long)]
+    pub chat: bool,
     /// Speaker id (the prompt is "[{speaker}]{text}").
     #[arg(long, default_value_t = 0)]
     pub speaker: u32,
@@ -31,9 +40,19 @@ pub struct CaptureArgs {
     /// Keep the k most likely tokens (ties at the k-th value kept); 0 or ≥ vocab keeps all.
     #[arg(long = "top-k", default_value = "50", value_parser = parse_top_k, allow_negative_numbers = true)]
     pub top_k: usize,
-    /// Frames to generate at most (12.5 frames = 1 s of audio); an all-zero frame stops earlier.
-    #[arg(long, default_value_t = 32)]
-    pub max_frames: usize,
+    /// CSM: frames to generate at most (12.5 frames = 1 s of audio; default 32); an all-zero
+    /// frame stops earlier.
+    #[arg(long)]
+    pub max_frames: Option<usize>,
+    /// Llama: tokens to generate at most (default 64); an EOS id stops earlier.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// mlx-lm's nucleus filter on the temperature-1 distribution (0 or 1 = off).
+    #[arg(long = "top-p", default_value_t = 0.0)]
+    pub top_p: f64,
+    /// mlx-lm's min-p filter: keep p ≥ min_p · p_max (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.0)]
+    pub min_p: f64,
     /// Noise of the sampler: shared (harness-owned uniforms, identical in both) or native (each RNG).
     #[arg(long, value_enum, default_value_t = NoiseMode::Shared)]
     pub noise: NoiseMode,
@@ -60,16 +79,29 @@ pub struct CaptureArgs {
 }
 
 pub fn run(a: CaptureArgs) -> Result<i32> {
-    let model = a.model.load()?;
+    let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
+    let model = loaded.as_ref();
+    let max_frames = match (model, a.max_frames, a.max_tokens) {
+        (ModelRef::Csm(_), _, Some(_)) => {
+            bail!("--max-tokens applies to Llama models; use --max-frames for CSM")
+        }
+        (ModelRef::Llama(_), Some(_), _) => {
+            bail!("--max-frames applies to CSM; use --max-tokens for a Llama model")
+        }
+        (ModelRef::Csm(_), f, None) => f.unwrap_or(32),
+        (ModelRef::Llama(_), None, t) => t.unwrap_or(64),
+    };
     let mut backends = a.backend.kinds()?;
     backends.sort_by_key(|k| *k != a.reference);
     let opts = CaptureOptions {
         text: a.text,
         speaker: a.speaker,
+        chat: a.chat,
         backends,
         reference: a.reference,
-        sampler: SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?,
-        max_frames: a.max_frames,
+        sampler: SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?
+            .with_filters(a.top_p, a.min_p)?,
+        max_frames,
         mode: a.mode,
         post: a.post,
         dtype: a.model.dtype,
@@ -79,7 +111,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         progress: !a.json,
         inject: a.inject,
     };
-    let summary = capture(&model, &opts)?;
+    let summary = capture_model(model, &opts)?;
     if a.json {
         print_json(&summary)?;
     } else {

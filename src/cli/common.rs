@@ -1,6 +1,7 @@
 //! Arguments and helpers shared by several commands.
 use crate::backend::BackendKind;
-use crate::model::{fixture, CsmModel, DType};
+use crate::capture_run::ModelRef;
+use crate::model::{fixture, CsmModel, DType, LlamaModel};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -59,6 +60,64 @@ impl ModelArgs {
     }
     pub fn load(&self) -> Result<CsmModel> {
         CsmModel::load(&self.dir()?)
+    }
+}
+
+/// `--model-kind`: which architecture the model directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelKindChoice {
+    /// `llama` when config.json says `model_type: llama`, else `csm`.
+    Auto,
+    Csm,
+    Llama,
+}
+
+/// A loaded model of either kind.
+pub enum LoadedModel {
+    Csm(CsmModel),
+    Llama(LlamaModel),
+}
+
+impl LoadedModel {
+    pub fn as_ref(&self) -> ModelRef<'_> {
+        match self {
+            LoadedModel::Csm(m) => ModelRef::Csm(m),
+            LoadedModel::Llama(m) => ModelRef::Llama(m),
+        }
+    }
+}
+
+impl ModelArgs {
+    /// Loads the model as `kind` (detected from config.json with `auto`); `adapter` (a LoRA
+    /// directory) applies to Llama models only. Without `--model`, the bundled tiny fixture of
+    /// that kind.
+    pub fn load_any(
+        &self,
+        kind: ModelKindChoice,
+        adapter: Option<&std::path::Path>,
+    ) -> Result<LoadedModel> {
+        let dir = match (&self.model, kind) {
+            (None, ModelKindChoice::Llama) => fixture::ensure_llama_fixture()?,
+            _ => self.dir()?,
+        };
+        let is_llama = match kind {
+            ModelKindChoice::Auto => crate::model::llama::is_llama_dir(&dir),
+            ModelKindChoice::Csm => false,
+            ModelKindChoice::Llama => true,
+        };
+        if is_llama {
+            if let Some(a) = adapter {
+                if !a.is_dir() {
+                    bail!("--adapter {}: not a directory", a.display());
+                }
+            }
+            Ok(LoadedModel::Llama(LlamaModel::load(&dir, adapter)?))
+        } else {
+            if adapter.is_some() {
+                bail!("--adapter applies to Llama models only ({} is a CSM model; pass --model-kind llama if it is not)", dir.display());
+            }
+            Ok(LoadedModel::Csm(CsmModel::load(&dir)?))
+        }
     }
 }
 

@@ -13,14 +13,37 @@ pub struct FixtureArgs {
     /// Seed of the deterministic weights (same seed → byte-identical files).
     #[arg(long, default_value_t = fixture::DEFAULT_SEED)]
     pub seed: u64,
+    /// csm: the tiny CSM; llama: a tiny HF-layout Llama (config.json, model.safetensors,
+    /// tokenizer.json) with a matching LoRA adapter in DIR/adapter/.
+    #[arg(long, value_enum, default_value_t = FixtureKind::Csm)]
+    pub kind: FixtureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FixtureKind {
+    Csm,
+    Llama,
 }
 
 pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
-    fixture::write_fixture(&a.out, a.seed)?;
+    match a.kind {
+        FixtureKind::Csm => fixture::write_fixture(&a.out, a.seed)?,
+        FixtureKind::Llama => fixture::write_llama_fixture(&a.out, a.seed)?,
+    }
     println!(
-        "wrote the tiny CSM fixture (seed {}) to {}",
+        "wrote the tiny {} fixture (seed {}) to {}{}",
+        if a.kind == FixtureKind::Csm {
+            "CSM"
+        } else {
+            "Llama"
+        },
         a.seed,
-        a.out.display()
+        a.out.display(),
+        if a.kind == FixtureKind::Llama {
+            " (LoRA adapter in adapter/)"
+        } else {
+            ""
+        }
     );
     Ok(0)
 }
@@ -133,6 +156,12 @@ pub fn run_conform(a: ConformArgs) -> Result<i32> {
 pub struct SelftestArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Model architecture: auto (from config.json), csm, llama (frames are tokens).
+    #[arg(long, value_enum, default_value_t = super::common::ModelKindChoice::Auto)]
+    pub model_kind: super::common::ModelKindChoice,
+    /// Llama: a LoRA adapter directory applied in both pipelines.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Frames per case (enough for rare events such as a sampled token in 1..31).
     #[arg(long, default_value_t = 48)]
     pub max_frames: usize,
@@ -156,9 +185,10 @@ pub struct SelftestArgs {
 }
 
 pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
-    let model = a.model.load()?;
+    let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
+    let model = loaded.as_ref();
     let faults = if a.faults.is_empty() {
-        crate::faults::Fault::ALL.to_vec()
+        crate::selftest::applicable_faults(model)
     } else {
         a.faults
     };
@@ -174,7 +204,7 @@ pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
         faults,
         out: a.out,
     };
-    let report = crate::selftest::selftest(&model, &o)?;
+    let report = crate::selftest::selftest_model(model, &o)?;
     if a.json {
         print_json(&report)?;
     } else {

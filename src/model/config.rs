@@ -327,7 +327,7 @@ fn parse_flat_flavor(v: &Value) -> Result<LlamaFlavor> {
     })
 }
 
-fn parse_hf_flavor(v: &Value) -> Result<LlamaFlavor> {
+pub(crate) fn parse_hf_flavor(v: &Value) -> Result<LlamaFlavor> {
     let heads = get_usize(v, "num_attention_heads")?;
     let dim = get_usize(v, "hidden_size")?;
     // transformers 5 writes `rope_parameters` (theta inside); 4.x wrote `rope_theta` + `rope_scaling`.

@@ -222,6 +222,148 @@ pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
 
 pub const DEFAULT_SEED: u64 = 1234;
 
+/// The tiny Llama's tokenizer: [`tokenizer_json`] plus the Llama-3 chat specials
+/// `<|start_header_id|>`, `<|end_header_id|>`, `<|eot_id|>` right after BOS/EOS.
+pub fn llama_tokenizer_json(vocab: usize) -> String {
+    use super::llama::{END_HEADER, EOT, START_HEADER};
+    let mut tok: serde_json::Value = serde_json::from_str(&tokenizer_json(vocab)).unwrap();
+    let next = tok["added_tokens"]
+        .as_array()
+        .and_then(|a| a.iter().filter_map(|t| t["id"].as_u64()).max())
+        .unwrap_or(0) as usize
+        + 1;
+    assert!(
+        next + 3 <= vocab,
+        "vocab {vocab} too small for the chat specials"
+    );
+    for (i, content) in [START_HEADER, END_HEADER, EOT].into_iter().enumerate() {
+        let id = next + i;
+        tok["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+            "id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}));
+        tok["model"]["vocab"][content] = serde_json::json!(id);
+    }
+    serde_json::to_string_pretty(&tok).unwrap()
+}
+
+/// Deterministic weights of a Llama config (HF names): peaked output head with twin tokens,
+/// as [`random_weights`] does for CSM.
+pub fn llama_weights(cfg: &super::llama::LlamaConfig, seed: u64) -> BTreeMap<String, HostTensor> {
+    super::llama::expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let mut rng = SplitMix64(seed ^ fnv1a(&name));
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if name == "lm_head.weight" {
+                let (vocab, fan_in) = (shape[0], shape[1]);
+                let mut srng = SplitMix64(seed ^ fnv1a("lm_head/token-scale"));
+                let s = HEAD_TOKEN_TAIL;
+                let scales: Vec<f32> = (0..vocab)
+                    .map(|_| (s * srng.normal() - s * s).exp() as f32)
+                    .collect();
+                let std = HEAD_LOGIT_STD / (fan_in as f32).sqrt();
+                let mut w: Vec<f32> = (0..n)
+                    .map(|i| rng.normal() as f32 * std * scales[i / fan_in])
+                    .collect();
+                for t in (1..vocab).filter(|t| t % TWIN_EVERY == 1) {
+                    let (src, dst) = ((t - 1) * fan_in, t * fan_in);
+                    w.copy_within(src..src + fan_in, dst);
+                }
+                w
+            } else if name.ends_with("norm.weight") {
+                (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
+            } else {
+                let std = if name == "model.embed_tokens.weight" {
+                    1.0
+                } else {
+                    1.0 / (shape[1] as f32).sqrt()
+                };
+                (0..n).map(|_| rng.normal() as f32 * std).collect()
+            };
+            (name, HostTensor::from_f32(shape, &values))
+        })
+        .collect()
+}
+
+/// The fixture adapter: rank 4, scale 2, on q/v/down projections of the last layer.
+pub fn llama_adapter(
+    cfg: &super::llama::LlamaConfig,
+    seed: u64,
+) -> (serde_json::Value, BTreeMap<String, HostTensor>) {
+    let (rank, layers) = (4usize, 1usize);
+    let keys = ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"];
+    let config = serde_json::json!({
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": {"rank": rank, "scale": 2.0, "dropout": 0.0, "keys": keys},
+    });
+    let f = &cfg.flavor;
+    let mut tensors = BTreeMap::new();
+    for i in f.num_layers - layers..f.num_layers {
+        for k in keys {
+            let (din, dout) = match k {
+                "self_attn.q_proj" => (f.embed_dim, f.num_heads * f.head_dim),
+                "self_attn.v_proj" => (f.embed_dim, f.num_kv_heads * f.head_dim),
+                _ => (f.intermediate_dim, f.embed_dim),
+            };
+            for (leaf, shape, std) in [
+                ("lora_a", [din, rank], 1.0 / (din as f64).sqrt()),
+                ("lora_b", [rank, dout], 0.5 / (rank as f64).sqrt()),
+            ] {
+                let name = format!("model.layers.{i}.{k}.{leaf}");
+                let mut rng = SplitMix64(seed ^ fnv1a(&name));
+                let v: Vec<f32> = (0..shape[0] * shape[1])
+                    .map(|_| (rng.normal() * std) as f32)
+                    .collect();
+                tensors.insert(name, HostTensor::from_f32(shape.to_vec(), &v));
+            }
+        }
+    }
+    (config, tensors)
+}
+
+/// Writes the tiny Llama fixture to `dir` (HF layout: config.json, model.safetensors,
+/// tokenizer.json) and its LoRA adapter to `dir/adapter/`.
+pub fn write_llama_fixture(dir: &Path, seed: u64) -> Result<()> {
+    let cfg = super::llama::LlamaConfig::tiny();
+    std::fs::create_dir_all(dir.join("adapter"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    write_safetensors(&dir.join("model.safetensors"), &llama_weights(&cfg, seed))?;
+    let mut config = cfg.to_json();
+    config["fixture_seed"] = serde_json::json!(seed);
+    crate::util::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    crate::util::write_atomic(
+        &dir.join("tokenizer.json"),
+        llama_tokenizer_json(cfg.vocab_size).as_bytes(),
+    )?;
+    let (acfg, atensors) = llama_adapter(&cfg, seed);
+    write_safetensors(&dir.join("adapter").join("adapters.safetensors"), &atensors)?;
+    crate::util::write_atomic(
+        &dir.join("adapter").join("adapter_config.json"),
+        serde_json::to_string_pretty(&acfg)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The bundled Llama fixture (`fixtures/tiny-llama`, made on first use); returns its directory.
+pub fn ensure_llama_fixture() -> Result<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("tiny-llama");
+    // adapter_config.json is written last: its presence means the fixture is complete.
+    if !dir.join("adapter").join("adapter_config.json").is_file() {
+        eprintln!("making the tiny Llama fixture in {}", dir.display());
+        write_llama_fixture(&dir, DEFAULT_SEED)?;
+    }
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

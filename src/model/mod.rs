@@ -1,6 +1,8 @@
 //! Backend-neutral model code: config, safetensors weight index, prompt → frames, fixture.
 pub mod config;
 pub mod fixture;
+pub mod llama;
+pub mod lora;
 pub mod tokenizer;
 pub mod weights;
 
@@ -8,6 +10,8 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 pub use config::{CsmConfig, LlamaFlavor, RopeScaling};
+pub use llama::{LlamaConfig, LlamaModel};
+pub use lora::LoraAdapter;
 pub use tokenizer::{Frames, PromptTokenizer};
 pub use weights::{CsmWeights, DType, HostTensor, Layout};
 

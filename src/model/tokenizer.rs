@@ -51,6 +51,11 @@ impl PromptTokenizer {
             .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
     }
 
+    /// The id of a token (special tokens included), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -109,6 +114,21 @@ impl Frames {
             tokens,
             mask,
         })
+    }
+
+    /// Plain LM positions: one row of width 2 per token (column 0 the token, column 1 unused
+    /// and masked), the form [`crate::backend::Backend`] takes for a model with one codebook.
+    pub fn lm(ids: &[u32], vocab: usize) -> Result<Self> {
+        let codes: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let mut out = Frames {
+            width: 2,
+            tokens: vec![],
+            mask: vec![],
+        };
+        for &c in &codes {
+            out.extend(&Frames::audio(&[c], vocab)?);
+        }
+        Ok(out)
     }
 
     /// Appends `other`'s rows.

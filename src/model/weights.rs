@@ -300,12 +300,14 @@ pub fn weight_files(model: &Path) -> Result<Vec<PathBuf>> {
     )
 }
 
-/// Reads, maps and validates the checkpoint of `cfg` from `model` (a directory or a file).
-pub fn load_csm(model: &Path, cfg: &CsmConfig) -> Result<CsmWeights> {
-    let files = weight_files(model)?;
-    let mut raw: Vec<(String, HostTensor, PathBuf)> = Vec::new();
+/// Named host tensors read from safetensors files, each with the file it came from.
+pub type RawTensors = Vec<(String, HostTensor, PathBuf)>;
+
+/// Reads every tensor of `files` (F32, BF16, F16); returns them with the sha256 over the files.
+pub fn read_safetensors(files: &[PathBuf]) -> Result<(RawTensors, String)> {
+    let mut raw: RawTensors = Vec::new();
     let mut hasher = Sha256::new();
-    for file in &files {
+    for file in files {
         let bytes = std::fs::read(file)
             .with_context(|| format!("cannot read weights {}", file.display()))?;
         hasher.update(&bytes);
@@ -332,7 +334,13 @@ pub fn load_csm(model: &Path, cfg: &CsmConfig) -> Result<CsmWeights> {
             raw.push((name, t, file.clone()));
         }
     }
-    let sha256 = hex(&hasher.finalize());
+    Ok((raw, hex(&hasher.finalize())))
+}
+
+/// Reads, maps and validates the checkpoint of `cfg` from `model` (a directory or a file).
+pub fn load_csm(model: &Path, cfg: &CsmConfig) -> Result<CsmWeights> {
+    let files = weight_files(model)?;
+    let (raw, sha256) = read_safetensors(&files)?;
     map_and_validate(raw, cfg, sha256, files)
 }
 

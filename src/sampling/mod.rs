@@ -3,6 +3,13 @@
 //! The reference sampler (Sesame's PyTorch code): scaled = logits / temperature; keep entries
 //! ≥ the k-th largest value (ties kept), others → -inf; probs = softmax(log_softmax(kept));
 //! q ~ Exponential(1) per vocab entry; token = argmax(probs / q). Temperature 0 is greedy.
+//!
+//! Plain LMs add mlx-lm's filters (`sample_utils.py`), computed like mlx-lm on the
+//! temperature-1 log-probabilities lp = log_softmax(logits) and applied as −inf masks before the
+//! top-k step: top-p keeps token i when the total probability of all tokens with lp ≤ lp_i
+//! exceeds 1 − top_p (mlx-lm's ascending `cumsum > 1 − top_p`, with a tie group kept or dropped
+//! as a whole so the result does not depend on sort order); min-p keeps lp_i ≥ max lp + ln(min_p).
+//! All three filters keep a top set by value, so their order does not matter.
 use anyhow::{bail, Result};
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +42,11 @@ pub struct SamplerSpec {
     pub top_k: usize,
     pub noise: NoiseMode,
     pub seed: u64,
+    /// mlx-lm's nucleus filter: keep the most likely tokens whose mass exceeds 1 − top_p,
+    /// computed at temperature 1 (ties at the boundary kept together); 0 or 1 = off.
+    pub top_p: f32,
+    /// mlx-lm's min-p filter: keep tokens with p ≥ min_p · p_max at temperature 1; 0 = off.
+    pub min_p: f32,
 }
 
 impl SamplerSpec {
@@ -44,6 +56,8 @@ impl SamplerSpec {
             top_k: 0,
             noise: NoiseMode::Shared,
             seed: 0,
+            top_p: 0.0,
+            min_p: 0.0,
         }
     }
     pub fn new(temperature: f64, top_k: usize, noise: NoiseMode, seed: u64) -> Result<Self> {
@@ -55,7 +69,29 @@ impl SamplerSpec {
             top_k,
             noise,
             seed,
+            top_p: 0.0,
+            min_p: 0.0,
         })
+    }
+    /// Adds mlx-lm's top-p and min-p filters (each in [0, 1]; 0 = off).
+    pub fn with_filters(mut self, top_p: f64, min_p: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&top_p) {
+            bail!("--top-p must lie in [0, 1] (0 or 1 = off), got {top_p}");
+        }
+        if !(0.0..=1.0).contains(&min_p) {
+            bail!("--min-p must lie in [0, 1] (0 = off), got {min_p}");
+        }
+        self.top_p = top_p as f32;
+        self.min_p = min_p as f32;
+        Ok(self)
+    }
+    /// top-p when it filters anything (0 < p < 1).
+    pub fn active_top_p(&self) -> Option<f32> {
+        (self.top_p > 0.0 && self.top_p < 1.0).then_some(self.top_p)
+    }
+    /// min-p when set (> 0).
+    pub fn active_min_p(&self) -> Option<f32> {
+        (self.min_p > 0.0).then_some(self.min_p)
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
@@ -198,7 +234,26 @@ pub fn reference_sample(logits: &[f32], spec: &SamplerSpec, u: &[f32]) -> (i32, 
         p[t as usize] = 1.0;
         return (t, p);
     }
-    let scaled: Vec<f32> = logits.iter().map(|&l| l / spec.temperature).collect();
+    let mut scaled: Vec<f32> = logits.iter().map(|&l| l / spec.temperature).collect();
+    if spec.active_top_p().is_some() || spec.active_min_p().is_some() {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+        let lp: Vec<f32> = logits.iter().map(|&l| l - lse).collect();
+        let lp_max = lp.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        for (i, s) in scaled.iter_mut().enumerate() {
+            let mut keep = true;
+            if let Some(p) = spec.active_top_p() {
+                let mass: f32 = lp.iter().filter(|&&x| x <= lp[i]).map(|&x| x.exp()).sum();
+                keep &= mass > 1.0 - p;
+            }
+            if let Some(m) = spec.active_min_p() {
+                keep &= lp[i] >= lp_max + m.ln();
+            }
+            if !keep {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+    }
     let kept: Vec<f32> = match spec.effective_top_k(logits.len()) {
         None => scaled,
         Some(k) => {
@@ -253,6 +308,32 @@ mod tests {
         assert_eq!(p[0], 0.0);
         assert_eq!(p[4], 0.0);
         assert!(p[2] > 0.0 && p[3] > 0.0 && (p[2] - p[3]).abs() < 1e-7);
+    }
+
+    #[test]
+    fn top_p_and_min_p_filter_like_mlx_lm() {
+        // probs ≈ [0.5, 0.25, 0.125, 0.125]: top-p 0.6 keeps {0, 1}; 0.8 keeps all (tie kept).
+        let logits: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125]
+            .iter()
+            .map(|p| p.ln())
+            .collect();
+        let base = SamplerSpec::new(1.0, 0, NoiseMode::Shared, 0).unwrap();
+        let support = |spec: SamplerSpec| {
+            let (_, p) = reference_sample(&logits, &spec, &[0.5; 4]);
+            p.iter().map(|&x| x > 0.0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            support(base.with_filters(0.6, 0.0).unwrap()),
+            [true, true, false, false]
+        );
+        assert_eq!(support(base.with_filters(0.8, 0.0).unwrap()), [true; 4]);
+        assert_eq!(
+            support(base.with_filters(0.0, 0.3).unwrap()),
+            [true, true, false, false]
+        );
+        assert_eq!(support(base.with_filters(0.0, 0.2).unwrap()), [true; 4]);
+        assert!(base.with_filters(1.5, 0.0).is_err());
+        assert!(base.with_filters(0.0, -0.1).is_err());
     }
 
     #[test]

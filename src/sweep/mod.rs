@@ -12,7 +12,9 @@ use crate::analysis::stats::{bootstrap, Estimate};
 use crate::analysis::{self, DiffOptions};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::{capture_with, load_backends, CaptureOptions, LoadedBackend, Mode};
+use crate::capture_run::{
+    capture_with, load_backends, CaptureOptions, LoadedBackend, Mode, ModelRef,
+};
 use crate::model::{CsmModel, DType};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
@@ -277,7 +279,7 @@ pub fn run_job(
     };
     let mut cap = |o: &CaptureOptions| -> Result<()> {
         match loaded.as_deref_mut() {
-            Some(l) => capture_with(model, o, l)?,
+            Some(l) => capture_with(ModelRef::Csm(model), o, l)?,
             None => crate::capture_run::capture(model, o)?,
         };
         Ok(())
@@ -298,6 +300,7 @@ pub fn run_job(
             out: dir.join(sub),
             progress: false,
             inject: None,
+            chat: false,
         })
     };
     // Metrics only: no bootstrap inside the per-job diffs (the sweep bootstraps over jobs).
@@ -464,7 +467,7 @@ pub fn run_sweep(
                 return Ok(());
             };
             if loaded.is_none() && exec.reuse_backends {
-                loaded = Some(load_backends(model, &kinds, dtype)?);
+                loaded = Some(load_backends(ModelRef::Csm(model), &kinds, dtype)?);
             }
             let r = run_job(
                 model,

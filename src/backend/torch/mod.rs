@@ -2,178 +2,15 @@
 //! PyTorch code computes it (torchtune RoPE on interleaved pairs, Llama-3 frequency scaling).
 use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
-use crate::model::{CsmModel, DType, Frames, HostTensor, LlamaFlavor};
-use crate::sampling::{NoiseMode, SamplerSpec};
+use crate::model::{CsmModel, DType, Frames};
+use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
+use stack::{kind_of, to_tensor, Stack};
 use tch::{Device, Kind, Tensor};
 
-fn kind_of(d: DType) -> Kind {
-    match d {
-        DType::F32 => Kind::Float,
-        DType::F16 => Kind::Half,
-        DType::BF16 => Kind::BFloat16,
-    }
-}
-
-fn to_tensor(t: &HostTensor, kind: Kind) -> Tensor {
-    let shape: Vec<i64> = t.shape.iter().map(|&s| s as i64).collect();
-    Tensor::from_data_size(&t.data, &shape, kind_of(t.dtype)).to_kind(kind)
-}
-
-struct Layer {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    sa_norm: Tensor,
-    mlp_norm: Tensor,
-    w1: Tensor,
-    w2: Tensor,
-    w3: Tensor,
-}
-
-/// A Llama stack with its KV cache.
-struct Stack {
-    layers: Vec<Layer>,
-    norm: Tensor,
-    f: LlamaFlavor,
-    inv_freq: Tensor,
-    cache: Vec<Option<(Tensor, Tensor)>>,
-    pos: usize,
-}
-
-impl Stack {
-    fn load(model: &CsmModel, prefix: &str, f: &LlamaFlavor, kind: Kind) -> Stack {
-        let w = |name: &str| to_tensor(model.weights.get(&format!("{prefix}.{name}")), kind);
-        let layers = (0..f.num_layers)
-            .map(|i| Layer {
-                q: w(&format!("layers.{i}.attn.q_proj.weight")),
-                k: w(&format!("layers.{i}.attn.k_proj.weight")),
-                v: w(&format!("layers.{i}.attn.v_proj.weight")),
-                o: w(&format!("layers.{i}.attn.output_proj.weight")),
-                sa_norm: w(&format!("layers.{i}.sa_norm.scale")),
-                mlp_norm: w(&format!("layers.{i}.mlp_norm.scale")),
-                w1: w(&format!("layers.{i}.mlp.w1.weight")),
-                w2: w(&format!("layers.{i}.mlp.w2.weight")),
-                w3: w(&format!("layers.{i}.mlp.w3.weight")),
-            })
-            .collect();
-        Stack {
-            layers,
-            norm: w("norm.scale"),
-            f: f.clone(),
-            inv_freq: Tensor::from_slice(&f.rope_inv_freq()),
-            cache: (0..f.num_layers).map(|_| None).collect(),
-            pos: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = None);
-        self.pos = 0;
-    }
-
-    fn rms_norm(&self, x: &Tensor, scale: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.square().mean_dim(-1, true, Kind::Float);
-        (xf * (var + self.f.norm_eps).rsqrt()).to_kind(x.kind()) * scale
-    }
-
-    /// torchtune RoPE: rotate interleaved pairs (x[2i], x[2i+1]); x is [B, H, L, hd].
-    fn rope(&self, x: &Tensor, start: usize) -> Tensor {
-        let (b, h, l, hd) = x.size4().unwrap();
-        let pos = Tensor::arange_start(start as i64, start as i64 + l, (Kind::Float, Device::Cpu));
-        let angles = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [L, hd/2]
-        let (cos, sin) = (angles.cos(), angles.sin());
-        let xs = x.to_kind(Kind::Float).reshape([b, h, l, hd / 2, 2]);
-        let (x0, x1) = (xs.select(-1, 0), xs.select(-1, 1));
-        let out0 = &x0 * &cos - &x1 * &sin;
-        let out1 = &x1 * &cos + &x0 * &sin;
-        Tensor::stack(&[out0, out1], -1)
-            .reshape([b, h, l, hd])
-            .to_kind(x.kind())
-    }
-
-    /// x: [1, L, D] at positions pos..pos+L. Uses and extends the cache when `cached`.
-    fn forward(&mut self, x: &Tensor, cached: bool) -> Tensor {
-        let (_, l, _) = x.size3().unwrap();
-        let start = if cached { self.pos } else { 0 };
-        let (nh, nkv, hd) = (
-            self.f.num_heads as i64,
-            self.f.num_kv_heads as i64,
-            self.f.head_dim as i64,
-        );
-        let mut h = x.shallow_clone();
-        for i in 0..self.layers.len() {
-            let layer = &self.layers[i];
-            let xn = self.rms_norm(&h, &layer.sa_norm);
-            let q = xn
-                .linear::<Tensor>(&layer.q, None)
-                .view([1, l, nh, hd])
-                .transpose(1, 2);
-            let k = xn
-                .linear::<Tensor>(&layer.k, None)
-                .view([1, l, nkv, hd])
-                .transpose(1, 2);
-            let v = xn
-                .linear::<Tensor>(&layer.v, None)
-                .view([1, l, nkv, hd])
-                .transpose(1, 2);
-            let q = self.rope(&q, start);
-            let mut k = self.rope(&k, start);
-            let mut v = v;
-            if cached {
-                if let Some((ck, cv)) = &self.cache[i] {
-                    k = Tensor::cat(&[ck, &k], 2);
-                    v = Tensor::cat(&[cv, &v], 2);
-                }
-                self.cache[i] = Some((k.shallow_clone(), v.shallow_clone()));
-            }
-            let rep = nh / nkv;
-            let (k, v) = if rep > 1 {
-                (
-                    k.repeat_interleave_self_int(rep, 1, None::<i64>),
-                    v.repeat_interleave_self_int(rep, 1, None::<i64>),
-                )
-            } else {
-                (k, v)
-            };
-            let total = k.size()[2];
-            let mut scores = q
-                .to_kind(Kind::Float)
-                .matmul(&k.to_kind(Kind::Float).transpose(-2, -1))
-                * (1.0 / (hd as f64).sqrt());
-            if l > 1 {
-                // Query i sits at absolute position start + i and sees keys 0..=start+i.
-                let qpos = Tensor::arange_start(
-                    start as i64,
-                    start as i64 + l,
-                    (Kind::Int64, Device::Cpu),
-                );
-                let kpos = Tensor::arange(total, (Kind::Int64, Device::Cpu));
-                let masked = kpos.unsqueeze(0).gt_tensor(&qpos.unsqueeze(1));
-                scores = scores.masked_fill(&masked, f64::NEG_INFINITY);
-            }
-            let attn = scores
-                .softmax(-1, Kind::Float)
-                .matmul(&v.to_kind(Kind::Float))
-                .to_kind(h.kind());
-            let attn = attn
-                .transpose(1, 2)
-                .reshape([1, l, nh * hd])
-                .linear::<Tensor>(&layer.o, None);
-            h += attn;
-            let xn = self.rms_norm(&h, &layer.mlp_norm);
-            let gate = xn.linear::<Tensor>(&layer.w1, None).silu();
-            let up = xn.linear::<Tensor>(&layer.w3, None);
-            h += (gate * up).linear::<Tensor>(&layer.w2, None);
-        }
-        if cached {
-            self.pos += l as usize;
-        }
-        self.rms_norm(&h, &self.norm)
-    }
-}
+pub mod llama;
+pub(crate) mod sampler;
+pub(crate) mod stack;
 
 /// CSM on libtorch.
 pub struct TorchCsm {
@@ -192,10 +29,6 @@ pub struct TorchCsm {
     native_step: u64,
 }
 
-/// libtorch's default generator is process-global: native-noise draws take this lock and
-/// reseed it per sampling step from (seed, step), so concurrent pipelines cannot interleave.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 impl TorchCsm {
     pub fn load(model: &CsmModel, dtype: DType) -> Result<Self> {
         let _guard = tch::no_grad_guard();
@@ -203,8 +36,16 @@ impl TorchCsm {
         let cfg = &model.config;
         let w = |name: &str| to_tensor(model.weights.get(name), kind);
         Ok(TorchCsm {
-            backbone: Stack::load(model, "backbone", &cfg.backbone, kind),
-            decoder: Stack::load(model, "decoder", &cfg.decoder, kind),
+            backbone: Stack::load(
+                &|n| Ok(to_tensor(model.weights.get(&format!("backbone.{n}")), kind)),
+                &cfg.backbone,
+                true,
+            )?,
+            decoder: Stack::load(
+                &|n| Ok(to_tensor(model.weights.get(&format!("decoder.{n}")), kind)),
+                &cfg.decoder,
+                true,
+            )?,
             text_emb: w("text_embeddings.weight"),
             audio_emb: w("audio_embeddings.weight"),
             projection: w("projection.weight"),
@@ -253,43 +94,20 @@ impl TorchCsm {
         e.unsqueeze(0).linear::<Tensor>(&self.projection, None)
     }
 
-    /// The reference sampler on one row of f32 logits [V]: returns (token [1] int64, probs [V]).
     fn sample(
         &mut self,
         logits: &Tensor,
         spec: &SamplerSpec,
         uniforms: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
-        if spec.is_greedy() {
-            let tok = logits.argmax(0, true);
-            let probs = Tensor::zeros([self.vocab as i64], (Kind::Float, Device::Cpu))
-                .scatter_value(0, &tok, 1.0);
-            return Ok((tok, probs));
-        }
-        let scaled = logits / spec.temperature as f64;
-        let kept = match spec.effective_top_k(self.vocab) {
-            None => scaled,
-            Some(k) => {
-                let (vals, _) = scaled.topk(k as i64, -1, true, true);
-                let kth = vals.narrow(0, k as i64 - 1, 1);
-                let remove = scaled.lt_tensor(&kth);
-                scaled.masked_fill(&remove, f64::NEG_INFINITY)
-            }
-        };
-        let probs = kept.log_softmax(-1, Kind::Float).softmax(-1, Kind::Float);
-        let q = match (spec.noise, uniforms) {
-            (NoiseMode::Shared, Some(u)) => -u.log(),
-            (NoiseMode::Shared, None) => bail!("shared noise needs the harness's uniform draws"),
-            (NoiseMode::Native, _) => {
-                let _lock = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                let step_seed =
-                    crate::sampling::SharedNoise::step_seed(self.native_seed, self.native_step);
-                self.native_step += 1;
-                tch::manual_seed(step_seed as i64);
-                probs.empty_like().exponential_(1.0)
-            }
-        };
-        Ok(((&probs / q).argmax(0, true), probs))
+        sampler::sample(
+            logits,
+            self.vocab,
+            spec,
+            uniforms,
+            self.native_seed,
+            &mut self.native_step,
+        )
     }
 }
 

@@ -4,191 +4,17 @@
 use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::faults::Fault;
-use crate::model::{CsmModel, DType, Frames, HostTensor, LlamaFlavor};
-use crate::sampling::{NoiseMode, SamplerSpec};
+use crate::model::{CsmModel, DType, Frames};
+use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
-use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
-use mlx_rs::ops::argpartition_axis;
-use mlx_rs::ops::indexing::{argmax_axis, take_axis, topk_axis};
-use mlx_rs::ops::{concatenate, select, softmax_axis};
+use mlx_rs::ops::concatenate;
+use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::{random, Array, Dtype};
+use stack::{index1, mlx_dtype, to_array, Stack};
 
-fn mlx_dtype(d: DType) -> Dtype {
-    match d {
-        DType::F32 => Dtype::Float32,
-        DType::F16 => Dtype::Float16,
-        DType::BF16 => Dtype::Bfloat16,
-    }
-}
-
-fn to_array(t: &HostTensor, dtype: Dtype) -> Result<Array> {
-    let shape: Vec<i32> = t.shape.iter().map(|&s| s as i32).collect();
-    let a = match t.dtype {
-        DType::F32 => Array::from_slice(&t.to_f32(), &shape),
-        DType::F16 => {
-            let v: Vec<half::f16> = t
-                .data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            Array::from_slice(&v, &shape)
-        }
-        DType::BF16 => {
-            let v: Vec<half::bf16> = t
-                .data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            Array::from_slice(&v, &shape)
-        }
-    };
-    let a = a.as_dtype(dtype)?;
-    a.eval()?;
-    Ok(a)
-}
-
-fn index1(i: i32) -> Array {
-    Array::from_slice(&[i], &[1])
-}
-
-struct Layer {
-    q_t: Array,
-    k_t: Array,
-    v_t: Array,
-    o_t: Array,
-    sa_norm: Array,
-    mlp_norm: Array,
-    w1_t: Array,
-    w2_t: Array,
-    w3_t: Array,
-}
-
-struct Stack {
-    layers: Vec<Layer>,
-    norm: Array,
-    f: LlamaFlavor,
-    /// Periods 1/inv_freq, the form `fast::rope` takes as `freqs`.
-    freqs: Array,
-    cache: Vec<Option<(Array, Array)>>,
-    pos: usize,
-    /// torchtune's interleaved pairs (true); false is the split-halves fault.
-    traditional: bool,
-}
-
-impl Stack {
-    fn load(model: &CsmModel, prefix: &str, f: &LlamaFlavor, dtype: Dtype) -> Result<Stack> {
-        let w = |name: &str| to_array(model.weights.get(&format!("{prefix}.{name}")), dtype);
-        let wt = |name: &str| -> Result<Array> {
-            let a = w(name)?.t();
-            a.eval()?;
-            Ok(a)
-        };
-        let mut layers = Vec::new();
-        for i in 0..f.num_layers {
-            layers.push(Layer {
-                q_t: wt(&format!("layers.{i}.attn.q_proj.weight"))?,
-                k_t: wt(&format!("layers.{i}.attn.k_proj.weight"))?,
-                v_t: wt(&format!("layers.{i}.attn.v_proj.weight"))?,
-                o_t: wt(&format!("layers.{i}.attn.output_proj.weight"))?,
-                sa_norm: w(&format!("layers.{i}.sa_norm.scale"))?,
-                mlp_norm: w(&format!("layers.{i}.mlp_norm.scale"))?,
-                w1_t: wt(&format!("layers.{i}.mlp.w1.weight"))?,
-                w2_t: wt(&format!("layers.{i}.mlp.w2.weight"))?,
-                w3_t: wt(&format!("layers.{i}.mlp.w3.weight"))?,
-            });
-        }
-        let periods: Vec<f32> = f.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
-        Ok(Stack {
-            layers,
-            norm: w("norm.scale")?,
-            f: f.clone(),
-            freqs: Array::from_slice(&periods, &[periods.len() as i32]),
-            cache: (0..f.num_layers).map(|_| None).collect(),
-            pos: 0,
-            traditional: true,
-        })
-    }
-
-    fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = None);
-        self.pos = 0;
-    }
-
-    fn rope(&self, x: &Array, start: usize) -> Result<Array> {
-        Ok(fast::rope(
-            x,
-            self.f.head_dim as i32,
-            self.traditional,
-            None,
-            1.0,
-            start as i32,
-            Some(&self.freqs),
-        )?)
-    }
-
-    /// x: [1, L, D]. Uses and extends the cache when `cached`.
-    fn forward(&mut self, x: &Array, cached: bool) -> Result<Array> {
-        let l = x.dim(1);
-        let start = if cached { self.pos } else { 0 };
-        let (nh, nkv, hd) = (
-            self.f.num_heads as i32,
-            self.f.num_kv_heads as i32,
-            self.f.head_dim as i32,
-        );
-        let eps = self.f.norm_eps as f32;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut h = x.clone();
-        for i in 0..self.layers.len() {
-            let layer = &self.layers[i];
-            let xn = fast::rms_norm(&h, Some(&layer.sa_norm), eps)?;
-            let q = xn
-                .matmul(&layer.q_t)?
-                .reshape(&[1, l, nh, hd])?
-                .transpose_axes(&[0, 2, 1, 3])?;
-            let k = xn
-                .matmul(&layer.k_t)?
-                .reshape(&[1, l, nkv, hd])?
-                .transpose_axes(&[0, 2, 1, 3])?;
-            let v = xn
-                .matmul(&layer.v_t)?
-                .reshape(&[1, l, nkv, hd])?
-                .transpose_axes(&[0, 2, 1, 3])?;
-            let q = self.rope(&q, start)?;
-            let mut k = self.rope(&k, start)?;
-            let mut v = v;
-            if cached {
-                if let Some((ck, cv)) = &self.cache[i] {
-                    k = concatenate(&[ck, &k], 2)?;
-                    v = concatenate(&[cv, &v], 2)?;
-                }
-                self.cache[i] = Some((k.clone(), v.clone()));
-            }
-            let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
-            let attn = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-            let attn = attn
-                .transpose_axes(&[0, 2, 1, 3])?
-                .reshape(&[1, l, nh * hd])?
-                .matmul(&layer.o_t)?;
-            h = h.add(&attn)?;
-            let xn = fast::rms_norm(&h, Some(&layer.mlp_norm), eps)?;
-            let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1_t)?)?;
-            let up = xn.matmul(&layer.w3_t)?;
-            h = h.add(gate.multiply(&up)?.matmul(&layer.w2_t)?)?;
-        }
-        if cached {
-            self.pos += l as usize;
-        }
-        Ok(fast::rms_norm(&h, Some(&self.norm), eps)?)
-    }
-
-    fn cache_arrays(&self) -> Vec<&Array> {
-        self.cache
-            .iter()
-            .flatten()
-            .flat_map(|(k, v)| [k, v])
-            .collect()
-    }
-}
+pub mod llama;
+pub(crate) mod sampler;
+pub(crate) mod stack;
 
 /// CSM on MLX.
 pub struct MlxCsm {
@@ -218,8 +44,16 @@ impl MlxCsm {
         let c0_head_t = w("codebook0_head.weight")?.t();
         mlx_rs::transforms::eval([&projection_t, &c0_head_t])?;
         Ok(MlxCsm {
-            backbone: Stack::load(model, "backbone", &cfg.backbone, dt)?,
-            decoder: Stack::load(model, "decoder", &cfg.decoder, dt)?,
+            backbone: Stack::load(
+                &|n| to_array(model.weights.get(&format!("backbone.{n}")), dt),
+                &cfg.backbone,
+                true,
+            )?,
+            decoder: Stack::load(
+                &|n| to_array(model.weights.get(&format!("decoder.{n}")), dt),
+                &cfg.decoder,
+                true,
+            )?,
             text_emb: w("text_embeddings.weight")?,
             audio_emb: w("audio_embeddings.weight")?,
             projection_t,
@@ -275,57 +109,20 @@ impl MlxCsm {
         Ok(e.expand_dims(0)?.matmul(&self.projection_t)?)
     }
 
-    /// The reference sampler on one row of f32 logits [V]: (token int32 [1], probs [V]).
     fn sample(
         &mut self,
         logits: &Array,
         spec: &SamplerSpec,
         uniforms: Option<&Array>,
     ) -> Result<(Array, Array)> {
-        let v = self.vocab as i32;
-        if spec.is_greedy() {
-            let tok = argmax_axis(logits, 0, true)?.as_dtype(Dtype::Int32)?;
-            let ids = Array::arange::<i32, i32>(None, v, None)?;
-            let probs = ids.eq(&tok)?.as_dtype(Dtype::Float32)?;
-            return Ok((tok, probs));
-        }
-        let t = match self.fault {
-            Some(Fault::TempEpsilon) => spec.temperature + 1e-10,
-            _ => spec.temperature,
-        };
-        let scaled = logits.divide(Array::from_f32(t))?;
-        let kept = match spec.effective_top_k(self.vocab) {
-            None => scaled,
-            Some(k) if self.fault == Some(Fault::TopkExact) => {
-                // Exactly k survivors: the k positions argpartition puts first.
-                let idx = argpartition_axis(scaled.negative()?, k as i32 - 1, 0)?;
-                let idx = take_axis(&idx, Array::arange::<i32, i32>(None, k as i32, None)?, 0)?;
-                let vals = take_axis(&scaled, &idx, 0)?;
-                let base = Array::full::<f32>(&[v], Array::from_f32(f32::NEG_INFINITY))?;
-                base.put_along_axis(&idx, &vals, 0)?
-            }
-            Some(k) => {
-                let kth = topk_axis(&scaled, k as i32, 0)?.min(None)?;
-                select(
-                    scaled.ge(&kth)?,
-                    &scaled,
-                    Array::from_f32(f32::NEG_INFINITY),
-                )?
-            }
-        };
-        let probs = softmax_axis(mlx_rs::nn::log_softmax(&kept, 0)?, 0, true)?;
-        let q = match (spec.noise, uniforms) {
-            (NoiseMode::Shared, Some(u)) => u.log()?.negative()?,
-            (NoiseMode::Shared, None) => bail!("shared noise needs the harness's uniform draws"),
-            (NoiseMode::Native, _) => {
-                let (next, sub) = random::split(&self.key, 2)?;
-                self.key = next;
-                let u = random::uniform::<f32, f32>(0.0, 1.0, &[v][..], Some(&sub))?;
-                u.log()?.negative()?
-            }
-        };
-        let tok = argmax_axis(probs.divide(&q)?, 0, true)?.as_dtype(Dtype::Int32)?;
-        Ok((tok, probs))
+        sampler::sample(
+            logits,
+            self.vocab,
+            spec,
+            uniforms,
+            self.fault,
+            &mut self.key,
+        )
     }
 }
 
@@ -378,13 +175,7 @@ impl Backend for MlxCsm {
             }
             Fault::NoRopeScaling => {
                 for stack in [&mut self.backbone, &mut self.decoder] {
-                    let plain = LlamaFlavor {
-                        rope_scaling: None,
-                        ..stack.f.clone()
-                    };
-                    let periods: Vec<f32> =
-                        plain.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
-                    stack.freqs = Array::from_slice(&periods, &[periods.len() as i32]);
+                    stack.set_rope_scaling(None);
                 }
             }
             _ => {}

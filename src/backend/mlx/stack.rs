@@ -1,0 +1,202 @@
+//! A Llama transformer stack with its KV cache, on MLX: shared by CSM (backbone, depth decoder)
+//! and plain Llama language models.
+use crate::model::{DType, HostTensor, LlamaFlavor};
+use anyhow::Result;
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::concatenate;
+use mlx_rs::{Array, Dtype};
+
+pub(crate) fn mlx_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F32 => Dtype::Float32,
+        DType::F16 => Dtype::Float16,
+        DType::BF16 => Dtype::Bfloat16,
+    }
+}
+
+pub(crate) fn to_array(t: &HostTensor, dtype: Dtype) -> Result<Array> {
+    let shape: Vec<i32> = t.shape.iter().map(|&s| s as i32).collect();
+    let a = match t.dtype {
+        DType::F32 => Array::from_slice(&t.to_f32(), &shape),
+        DType::F16 => {
+            let v: Vec<half::f16> = t
+                .data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            Array::from_slice(&v, &shape)
+        }
+        DType::BF16 => {
+            let v: Vec<half::bf16> = t
+                .data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            Array::from_slice(&v, &shape)
+        }
+    };
+    let a = a.as_dtype(dtype)?;
+    a.eval()?;
+    Ok(a)
+}
+
+pub(crate) fn index1(i: i32) -> Array {
+    Array::from_slice(&[i], &[1])
+}
+
+pub(crate) struct Layer {
+    q_t: Array,
+    k_t: Array,
+    v_t: Array,
+    o_t: Array,
+    sa_norm: Array,
+    mlp_norm: Array,
+    w1_t: Array,
+    w2_t: Array,
+    w3_t: Array,
+}
+
+pub(crate) struct Stack {
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Array,
+    pub(crate) f: LlamaFlavor,
+    /// Periods 1/inv_freq, the form `fast::rope` takes as `freqs`.
+    pub(crate) freqs: Array,
+    pub(crate) cache: Vec<Option<(Array, Array)>>,
+    pub(crate) pos: usize,
+    /// torchtune's interleaved pairs (true); false is the split-halves fault.
+    pub(crate) traditional: bool,
+}
+
+impl Stack {
+    /// Loads the stack; `get` returns a tensor (compute dtype) by its torchtune leaf name
+    /// (`layers.{i}.attn.q_proj.weight`, `layers.{i}.sa_norm.scale`, `norm.scale`, …), so any
+    /// checkpoint naming maps onto it. `traditional`: RoPE on interleaved pairs (torchtune, CSM);
+    /// false rotates split halves (Hugging Face Llama).
+    pub(crate) fn load(
+        get: &dyn Fn(&str) -> Result<Array>,
+        f: &LlamaFlavor,
+        traditional: bool,
+    ) -> Result<Stack> {
+        let wt = |name: &str| -> Result<Array> {
+            let a = get(name)?.t();
+            a.eval()?;
+            Ok(a)
+        };
+        let mut layers = Vec::new();
+        for i in 0..f.num_layers {
+            layers.push(Layer {
+                q_t: wt(&format!("layers.{i}.attn.q_proj.weight"))?,
+                k_t: wt(&format!("layers.{i}.attn.k_proj.weight"))?,
+                v_t: wt(&format!("layers.{i}.attn.v_proj.weight"))?,
+                o_t: wt(&format!("layers.{i}.attn.output_proj.weight"))?,
+                sa_norm: get(&format!("layers.{i}.sa_norm.scale"))?,
+                mlp_norm: get(&format!("layers.{i}.mlp_norm.scale"))?,
+                w1_t: wt(&format!("layers.{i}.mlp.w1.weight"))?,
+                w2_t: wt(&format!("layers.{i}.mlp.w2.weight"))?,
+                w3_t: wt(&format!("layers.{i}.mlp.w3.weight"))?,
+            });
+        }
+        let mut stack = Stack {
+            layers,
+            norm: get("norm.scale")?,
+            f: f.clone(),
+            freqs: Array::from_slice(&[0f32], &[1]),
+            cache: (0..f.num_layers).map(|_| None).collect(),
+            pos: 0,
+            traditional,
+        };
+        stack.set_rope_scaling(f.rope_scaling);
+        Ok(stack)
+    }
+
+    /// Sets the RoPE frequencies (Llama-3 scaling or none): periods 1/inv_freq.
+    pub(crate) fn set_rope_scaling(&mut self, scaling: Option<crate::model::RopeScaling>) {
+        let f = LlamaFlavor {
+            rope_scaling: scaling,
+            ..self.f.clone()
+        };
+        let periods: Vec<f32> = f.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
+        self.freqs = Array::from_slice(&periods, &[periods.len() as i32]);
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.cache.iter_mut().for_each(|c| *c = None);
+        self.pos = 0;
+    }
+
+    fn rope(&self, x: &Array, start: usize) -> Result<Array> {
+        Ok(fast::rope(
+            x,
+            self.f.head_dim as i32,
+            self.traditional,
+            None,
+            1.0,
+            start as i32,
+            Some(&self.freqs),
+        )?)
+    }
+
+    /// x: [1, L, D]. Uses and extends the cache when `cached`.
+    pub(crate) fn forward(&mut self, x: &Array, cached: bool) -> Result<Array> {
+        let l = x.dim(1);
+        let start = if cached { self.pos } else { 0 };
+        let (nh, nkv, hd) = (
+            self.f.num_heads as i32,
+            self.f.num_kv_heads as i32,
+            self.f.head_dim as i32,
+        );
+        let eps = self.f.norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut h = x.clone();
+        for i in 0..self.layers.len() {
+            let layer = &self.layers[i];
+            let xn = fast::rms_norm(&h, Some(&layer.sa_norm), eps)?;
+            let q = xn
+                .matmul(&layer.q_t)?
+                .reshape(&[1, l, nh, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let k = xn
+                .matmul(&layer.k_t)?
+                .reshape(&[1, l, nkv, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let v = xn
+                .matmul(&layer.v_t)?
+                .reshape(&[1, l, nkv, hd])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let q = self.rope(&q, start)?;
+            let mut k = self.rope(&k, start)?;
+            let mut v = v;
+            if cached {
+                if let Some((ck, cv)) = &self.cache[i] {
+                    k = concatenate(&[ck, &k], 2)?;
+                    v = concatenate(&[cv, &v], 2)?;
+                }
+                self.cache[i] = Some((k.clone(), v.clone()));
+            }
+            let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+            let attn = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+            let attn = attn
+                .transpose_axes(&[0, 2, 1, 3])?
+                .reshape(&[1, l, nh * hd])?
+                .matmul(&layer.o_t)?;
+            h = h.add(&attn)?;
+            let xn = fast::rms_norm(&h, Some(&layer.mlp_norm), eps)?;
+            let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1_t)?)?;
+            let up = xn.matmul(&layer.w3_t)?;
+            h = h.add(gate.multiply(&up)?.matmul(&layer.w2_t)?)?;
+        }
+        if cached {
+            self.pos += l as usize;
+        }
+        Ok(fast::rms_norm(&h, Some(&self.norm), eps)?)
+    }
+
+    pub(crate) fn cache_arrays(&self) -> Vec<&Array> {
+        self.cache
+            .iter()
+            .flatten()
+            .flat_map(|(k, v)| [k, v])
+            .collect()
+    }
+}

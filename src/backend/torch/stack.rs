@@ -1,0 +1,190 @@
+//! A Llama transformer stack with its KV cache, on libtorch: shared by CSM (backbone, depth
+//! decoder) and plain Llama language models.
+use crate::model::{DType, HostTensor, LlamaFlavor};
+use tch::{Device, Kind, Tensor};
+
+pub(crate) fn kind_of(d: DType) -> Kind {
+    match d {
+        DType::F32 => Kind::Float,
+        DType::F16 => Kind::Half,
+        DType::BF16 => Kind::BFloat16,
+    }
+}
+
+pub(crate) fn to_tensor(t: &HostTensor, kind: Kind) -> Tensor {
+    let shape: Vec<i64> = t.shape.iter().map(|&s| s as i64).collect();
+    Tensor::from_data_size(&t.data, &shape, kind_of(t.dtype)).to_kind(kind)
+}
+
+pub(crate) struct Layer {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    sa_norm: Tensor,
+    mlp_norm: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    w3: Tensor,
+}
+
+/// A Llama stack with its KV cache.
+pub(crate) struct Stack {
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) f: LlamaFlavor,
+    pub(crate) inv_freq: Tensor,
+    pub(crate) cache: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) pos: usize,
+    /// RoPE on interleaved pairs (torchtune, CSM); false rotates split halves (HF Llama).
+    pub(crate) traditional: bool,
+}
+
+impl Stack {
+    /// Loads the stack; `get` returns a tensor (compute kind) by its torchtune leaf name
+    /// (`layers.{i}.attn.q_proj.weight`, `layers.{i}.sa_norm.scale`, `norm.scale`, …).
+    pub(crate) fn load(
+        get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+        f: &LlamaFlavor,
+        traditional: bool,
+    ) -> anyhow::Result<Stack> {
+        let mut layers = Vec::new();
+        for i in 0..f.num_layers {
+            layers.push(Layer {
+                q: get(&format!("layers.{i}.attn.q_proj.weight"))?,
+                k: get(&format!("layers.{i}.attn.k_proj.weight"))?,
+                v: get(&format!("layers.{i}.attn.v_proj.weight"))?,
+                o: get(&format!("layers.{i}.attn.output_proj.weight"))?,
+                sa_norm: get(&format!("layers.{i}.sa_norm.scale"))?,
+                mlp_norm: get(&format!("layers.{i}.mlp_norm.scale"))?,
+                w1: get(&format!("layers.{i}.mlp.w1.weight"))?,
+                w2: get(&format!("layers.{i}.mlp.w2.weight"))?,
+                w3: get(&format!("layers.{i}.mlp.w3.weight"))?,
+            });
+        }
+        Ok(Stack {
+            layers,
+            norm: get("norm.scale")?,
+            f: f.clone(),
+            inv_freq: Tensor::from_slice(&f.rope_inv_freq()),
+            cache: (0..f.num_layers).map(|_| None).collect(),
+            pos: 0,
+            traditional,
+        })
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.cache.iter_mut().for_each(|c| *c = None);
+        self.pos = 0;
+    }
+
+    fn rms_norm(&self, x: &Tensor, scale: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.f.norm_eps).rsqrt()).to_kind(x.kind()) * scale
+    }
+
+    /// RoPE on x [B, H, L, hd] at positions start..start+L: torchtune's rotation of
+    /// interleaved pairs (x[2i], x[2i+1]) when `traditional`, else HF's split halves
+    /// (x[i], x[i + hd/2]): out = x·cos + rotate_half(x)·sin.
+    fn rope(&self, x: &Tensor, start: usize) -> Tensor {
+        let (b, h, l, hd) = x.size4().unwrap();
+        let pos = Tensor::arange_start(start as i64, start as i64 + l, (Kind::Float, Device::Cpu));
+        let angles = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [L, hd/2]
+        let (cos, sin) = (angles.cos(), angles.sin());
+        if !self.traditional {
+            let xf = x.to_kind(Kind::Float);
+            let (x1, x2) = (xf.narrow(-1, 0, hd / 2), xf.narrow(-1, hd / 2, hd / 2));
+            let out1 = &x1 * &cos - &x2 * &sin;
+            let out2 = &x2 * &cos + &x1 * &sin;
+            return Tensor::cat(&[out1, out2], -1).to_kind(x.kind());
+        }
+        let xs = x.to_kind(Kind::Float).reshape([b, h, l, hd / 2, 2]);
+        let (x0, x1) = (xs.select(-1, 0), xs.select(-1, 1));
+        let out0 = &x0 * &cos - &x1 * &sin;
+        let out1 = &x1 * &cos + &x0 * &sin;
+        Tensor::stack(&[out0, out1], -1)
+            .reshape([b, h, l, hd])
+            .to_kind(x.kind())
+    }
+
+    /// x: [1, L, D] at positions pos..pos+L. Uses and extends the cache when `cached`.
+    pub(crate) fn forward(&mut self, x: &Tensor, cached: bool) -> Tensor {
+        let (_, l, _) = x.size3().unwrap();
+        let start = if cached { self.pos } else { 0 };
+        let (nh, nkv, hd) = (
+            self.f.num_heads as i64,
+            self.f.num_kv_heads as i64,
+            self.f.head_dim as i64,
+        );
+        let mut h = x.shallow_clone();
+        for i in 0..self.layers.len() {
+            let layer = &self.layers[i];
+            let xn = self.rms_norm(&h, &layer.sa_norm);
+            let q = xn
+                .linear::<Tensor>(&layer.q, None)
+                .view([1, l, nh, hd])
+                .transpose(1, 2);
+            let k = xn
+                .linear::<Tensor>(&layer.k, None)
+                .view([1, l, nkv, hd])
+                .transpose(1, 2);
+            let v = xn
+                .linear::<Tensor>(&layer.v, None)
+                .view([1, l, nkv, hd])
+                .transpose(1, 2);
+            let q = self.rope(&q, start);
+            let mut k = self.rope(&k, start);
+            let mut v = v;
+            if cached {
+                if let Some((ck, cv)) = &self.cache[i] {
+                    k = Tensor::cat(&[ck, &k], 2);
+                    v = Tensor::cat(&[cv, &v], 2);
+                }
+                self.cache[i] = Some((k.shallow_clone(), v.shallow_clone()));
+            }
+            let rep = nh / nkv;
+            let (k, v) = if rep > 1 {
+                (
+                    k.repeat_interleave_self_int(rep, 1, None::<i64>),
+                    v.repeat_interleave_self_int(rep, 1, None::<i64>),
+                )
+            } else {
+                (k, v)
+            };
+            let total = k.size()[2];
+            let mut scores = q
+                .to_kind(Kind::Float)
+                .matmul(&k.to_kind(Kind::Float).transpose(-2, -1))
+                * (1.0 / (hd as f64).sqrt());
+            if l > 1 {
+                // Query i sits at absolute position start + i and sees keys 0..=start+i.
+                let qpos = Tensor::arange_start(
+                    start as i64,
+                    start as i64 + l,
+                    (Kind::Int64, Device::Cpu),
+                );
+                let kpos = Tensor::arange(total, (Kind::Int64, Device::Cpu));
+                let masked = kpos.unsqueeze(0).gt_tensor(&qpos.unsqueeze(1));
+                scores = scores.masked_fill(&masked, f64::NEG_INFINITY);
+            }
+            let attn = scores
+                .softmax(-1, Kind::Float)
+                .matmul(&v.to_kind(Kind::Float))
+                .to_kind(h.kind());
+            let attn = attn
+                .transpose(1, 2)
+                .reshape([1, l, nh * hd])
+                .linear::<Tensor>(&layer.o, None);
+            h += attn;
+            let xn = self.rms_norm(&h, &layer.mlp_norm);
+            let gate = xn.linear::<Tensor>(&layer.w1, None).silu();
+            let up = xn.linear::<Tensor>(&layer.w3, None);
+            h += (gate * up).linear::<Tensor>(&layer.w2, None);
+        }
+        if cached {
+            self.pos += l as usize;
+        }
+        self.rms_norm(&h, &self.norm)
+    }
+}
