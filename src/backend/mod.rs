@@ -75,6 +75,33 @@ pub struct FrameOutput {
 /// logits): given the codebook and the host logits, returns (token, probs).
 pub type ExternalSampler<'a> = dyn FnMut(usize, &[f32]) -> Result<(i32, Vec<f32>)> + 'a;
 
+impl FrameOutput {
+    /// Splits the frame's single host copy — `codebooks` tokens (as f32), then the logits and
+    /// the probs (`codebooks × vocab` each) when recorded — into a `FrameOutput`.
+    pub fn from_host(
+        flat: &[f32],
+        codebooks: usize,
+        vocab: usize,
+        record: Record,
+        positions: usize,
+    ) -> Self {
+        let (tokens, rest) = flat.split_at(codebooks);
+        let n = codebooks * vocab;
+        let (logits, probs) = match (record.logits, record.probs) {
+            (true, true) => (Some(rest[..n].to_vec()), Some(rest[n..].to_vec())),
+            (true, false) => (Some(rest.to_vec()), None),
+            (false, true) => (None, Some(rest.to_vec())),
+            (false, false) => (None, None),
+        };
+        FrameOutput {
+            sampled: tokens.iter().map(|&t| t as i32).collect(),
+            logits,
+            probs,
+            positions,
+        }
+    }
+}
+
 /// One CSM pipeline.
 pub trait Backend {
     fn info(&self) -> BackendInfo;

@@ -229,20 +229,9 @@ impl Backend for MlxLlama {
         to_eval.extend(self.stack.cache_arrays());
         mlx_rs::transforms::eval(to_eval)?;
         let flat: &[f32] = flat.as_slice();
-        let n = self.vocab;
-        let rest = &flat[1..];
-        let (logits, probs) = match (req.record.logits, req.record.probs) {
-            (true, true) => (Some(rest[..n].to_vec()), Some(rest[n..].to_vec())),
-            (true, false) => (Some(rest.to_vec()), None),
-            (false, true) => (None, Some(rest.to_vec())),
-            (false, false) => (None, None),
-        };
-        Ok(FrameOutput {
-            sampled: vec![flat[0] as i32],
-            logits,
-            probs,
-            positions,
-        })
+        Ok(FrameOutput::from_host(
+            flat, 1, self.vocab, req.record, positions,
+        ))
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

@@ -321,20 +321,9 @@ impl Backend for MlxCsm {
         to_eval.extend(self.backbone.cache_arrays());
         mlx_rs::transforms::eval(to_eval)?;
         let flat: &[f32] = flat.as_slice();
-        let (tokens, rest) = flat.split_at(c);
-        let n = c * self.vocab;
-        let (logits, probs) = match (req.record.logits, req.record.probs) {
-            (true, true) => (Some(rest[..n].to_vec()), Some(rest[n..].to_vec())),
-            (true, false) => (Some(rest.to_vec()), None),
-            (false, true) => (None, Some(rest.to_vec())),
-            (false, false) => (None, None),
-        };
-        Ok(FrameOutput {
-            sampled: tokens.iter().map(|&t| t as i32).collect(),
-            logits,
-            probs,
-            positions,
-        })
+        Ok(FrameOutput::from_host(
+            flat, c, self.vocab, req.record, positions,
+        ))
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

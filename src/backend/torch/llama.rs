@@ -172,20 +172,9 @@ impl Backend for TorchLlama {
             parts.push(probs);
         }
         let flat: Vec<f32> = Vec::<f32>::try_from(Tensor::cat(&parts, 0))?;
-        let n = self.vocab;
-        let rest = &flat[1..];
-        let (logits, probs) = match (req.record.logits, req.record.probs) {
-            (true, true) => (Some(rest[..n].to_vec()), Some(rest[n..].to_vec())),
-            (true, false) => (Some(rest.to_vec()), None),
-            (false, true) => (None, Some(rest.to_vec())),
-            (false, false) => (None, None),
-        };
-        Ok(FrameOutput {
-            sampled: vec![flat[0] as i32],
-            logits,
-            probs,
-            positions,
-        })
+        Ok(FrameOutput::from_host(
+            &flat, 1, self.vocab, req.record, positions,
+        ))
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

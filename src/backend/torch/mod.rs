@@ -234,20 +234,9 @@ impl Backend for TorchCsm {
             parts.push(Tensor::cat(&probs_rows, 0));
         }
         let flat: Vec<f32> = Vec::<f32>::try_from(Tensor::cat(&parts, 0))?;
-        let (tokens, rest) = flat.split_at(c);
-        let n = c * self.vocab;
-        let (logits, probs) = match (req.record.logits, req.record.probs) {
-            (true, true) => (Some(rest[..n].to_vec()), Some(rest[n..].to_vec())),
-            (true, false) => (Some(rest.to_vec()), None),
-            (false, true) => (None, Some(rest.to_vec())),
-            (false, false) => (None, None),
-        };
-        Ok(FrameOutput {
-            sampled: tokens.iter().map(|&t| t as i32).collect(),
-            logits,
-            probs,
-            positions,
-        })
+        Ok(FrameOutput::from_host(
+            &flat, c, self.vocab, req.record, positions,
+        ))
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
