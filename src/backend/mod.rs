@@ -75,6 +75,33 @@ pub struct FrameOutput {
 /// logits): given the codebook and the host logits, returns (token, probs).
 pub type ExternalSampler<'a> = dyn FnMut(usize, &[f32]) -> Result<(i32, Vec<f32>)> + 'a;
 
+impl FrameRequest<'_> {
+    /// Checks a CSM request against the model: frame width and room left in the backbone.
+    pub fn check(&self, codebooks: usize, position: usize, max_seq_len: usize) -> Result<()> {
+        if self.input.width != codebooks + 1 {
+            bail!(
+                "frame width {} does not match the model's {codebooks} codebooks + text",
+                self.input.width
+            );
+        }
+        if position + self.input.len() > max_seq_len {
+            bail!("sequence exceeds the backbone's max_seq_len {max_seq_len}");
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a host row handed to `sample_logits` has one logit per vocabulary entry.
+pub fn check_row(logits: &[f32], vocab: usize) -> Result<()> {
+    if logits.len() != vocab {
+        bail!(
+            "sample_logits: {} logits, expected the vocab size {vocab}",
+            logits.len()
+        );
+    }
+    Ok(())
+}
+
 impl FrameOutput {
     /// Splits the frame's single host copy — `codebooks` tokens (as f32), then the logits and
     /// the probs (`codebooks × vocab` each) when recorded — into a `FrameOutput`.

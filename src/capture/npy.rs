@@ -223,52 +223,38 @@ impl StreamingNpy {
         self.inner.iter().product()
     }
 
-    pub fn push_f32(&mut self, v: &[f32]) -> Result<()> {
-        debug_assert_eq!(self.dtype, Dtype::F32);
+    /// Appends one row, each value encoded by `le` into `N` little-endian bytes.
+    fn push_le<T: Copy, const N: usize>(
+        &mut self,
+        dtype: Dtype,
+        v: &[T],
+        le: impl Fn(T) -> [u8; N],
+    ) -> Result<()> {
+        debug_assert_eq!(self.dtype, dtype);
         debug_assert_eq!(v.len(), self.row_elems());
-        let mut buf = Vec::with_capacity(v.len() * 4);
-        for x in v {
-            buf.extend_from_slice(&x.to_le_bytes());
+        let mut buf = Vec::with_capacity(v.len() * N);
+        for &x in v {
+            buf.extend_from_slice(&le(x));
         }
         self.file.write_all(&buf)?;
         self.rows += 1;
         Ok(())
+    }
+
+    pub fn push_f32(&mut self, v: &[f32]) -> Result<()> {
+        self.push_le(Dtype::F32, v, f32::to_le_bytes)
     }
 
     pub fn push_f16(&mut self, v: &[f32]) -> Result<()> {
-        debug_assert_eq!(self.dtype, Dtype::F16);
-        debug_assert_eq!(v.len(), self.row_elems());
-        let mut buf = Vec::with_capacity(v.len() * 2);
-        for x in v {
-            buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes());
-        }
-        self.file.write_all(&buf)?;
-        self.rows += 1;
-        Ok(())
+        self.push_le(Dtype::F16, v, |x| half::f16::from_f32(x).to_le_bytes())
     }
 
     pub fn push_i32(&mut self, v: &[i32]) -> Result<()> {
-        debug_assert_eq!(self.dtype, Dtype::I32);
-        debug_assert_eq!(v.len(), self.row_elems());
-        let mut buf = Vec::with_capacity(v.len() * 4);
-        for x in v {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        self.file.write_all(&buf)?;
-        self.rows += 1;
-        Ok(())
+        self.push_le(Dtype::I32, v, i32::to_le_bytes)
     }
 
     pub fn push_f64(&mut self, v: &[f64]) -> Result<()> {
-        debug_assert_eq!(self.dtype, Dtype::F64);
-        debug_assert_eq!(v.len(), self.row_elems());
-        let mut buf = Vec::with_capacity(v.len() * 8);
-        for x in v {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        self.file.write_all(&buf)?;
-        self.rows += 1;
-        Ok(())
+        self.push_le(Dtype::F64, v, f64::to_le_bytes)
     }
 
     /// Rewrites the header with the final row count and fsyncs.

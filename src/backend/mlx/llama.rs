@@ -95,13 +95,7 @@ impl MlxLlama {
 
 impl Backend for MlxLlama {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "mlx".into(),
-            library_version: format!("mlx {} (mlx-rs 0.33)", super::mlx_version()),
-            device: format!("{:?}", mlx_rs::Device::default()).to_lowercase(),
-            dtype: self.dtype.name().into(),
-            fault: self.fault.map(|f| f.name().to_string()),
-        }
+        super::info_of(self.dtype, self.fault)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
@@ -136,13 +130,7 @@ impl Backend for MlxLlama {
         uniforms: Option<&[f32]>,
     ) -> Result<(i32, Vec<f32>)> {
         let v = self.vocab as i32;
-        if logits.len() != self.vocab {
-            bail!(
-                "sample_logits: {} logits, expected the vocab size {}",
-                logits.len(),
-                self.vocab
-            );
-        }
+        crate::backend::check_row(logits, self.vocab)?;
         let u = uniforms.map(|u| Array::from_slice(u, &[v]));
         let (tok, probs) = sampler::sample(
             &Array::from_slice(logits, &[v]),

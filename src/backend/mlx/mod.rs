@@ -6,7 +6,7 @@ use crate::capture::BackendInfo;
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames};
 use crate::sampling::SamplerSpec;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::{random, Array, Dtype};
@@ -126,6 +126,17 @@ impl MlxCsm {
     }
 }
 
+/// What an MLX pipeline reports about itself (both model kinds).
+pub(crate) fn info_of(dtype: DType, fault: Option<Fault>) -> BackendInfo {
+    BackendInfo {
+        name: "mlx".into(),
+        library_version: format!("mlx {} (mlx-rs 0.33)", mlx_version()),
+        device: format!("{:?}", mlx_rs::Device::default()).to_lowercase(),
+        dtype: dtype.name().into(),
+        fault: fault.map(|f| f.name().to_string()),
+    }
+}
+
 /// MLX's version string, from mlx-c.
 pub fn mlx_version() -> String {
     unsafe {
@@ -144,13 +155,7 @@ pub fn mlx_version() -> String {
 
 impl Backend for MlxCsm {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "mlx".into(),
-            library_version: format!("mlx {} (mlx-rs 0.33)", mlx_version()),
-            device: format!("{:?}", mlx_rs::Device::default()).to_lowercase(),
-            dtype: self.dtype.name().into(),
-            fault: self.fault.map(|f| f.name().to_string()),
-        }
+        info_of(self.dtype, self.fault)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
@@ -191,13 +196,7 @@ impl Backend for MlxCsm {
         uniforms: Option<&[f32]>,
     ) -> Result<(i32, Vec<f32>)> {
         let v = self.vocab as i32;
-        if logits.len() != self.vocab {
-            bail!(
-                "sample_logits: {} logits, expected the vocab size {}",
-                logits.len(),
-                self.vocab
-            );
-        }
+        crate::backend::check_row(logits, self.vocab)?;
         let u = uniforms.map(|u| Array::from_slice(u, &[v]));
         let (tok, probs) = self.sample(&Array::from_slice(logits, &[v]), spec, u.as_ref())?;
         mlx_rs::transforms::eval([&tok, &probs])?;
@@ -210,19 +209,7 @@ impl Backend for MlxCsm {
         mut external: Option<&mut ExternalSampler>,
     ) -> Result<FrameOutput> {
         let (c, v) = (self.codebooks, self.vocab as i32);
-        if req.input.width != c + 1 {
-            bail!(
-                "frame width {} does not match the model's {} codebooks + text",
-                req.input.width,
-                c
-            );
-        }
-        if self.backbone.pos + req.input.len() > self.backbone.f.max_seq_len {
-            bail!(
-                "sequence exceeds the backbone's max_seq_len {}",
-                self.backbone.f.max_seq_len
-            );
-        }
+        req.check(c, self.backbone.pos, self.backbone.f.max_seq_len)?;
         let uniforms = req.uniforms.map(|u| Array::from_slice(u, &[c as i32, v]));
         let mut positions = req.input.len();
         let h_all = match self.fault {

@@ -79,16 +79,7 @@ impl TorchLlama {
 
 impl Backend for TorchLlama {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "torch".into(),
-            library_version: format!(
-                "libtorch {} (tch 0.26)",
-                env!("CSM_PARITY_LIBTORCH_VERSION")
-            ),
-            device: "cpu".into(),
-            dtype: self.dtype.name().into(),
-            fault: None,
-        }
+        super::info_of(self.dtype)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
@@ -109,13 +100,7 @@ impl Backend for TorchLlama {
         uniforms: Option<&[f32]>,
     ) -> Result<(i32, Vec<f32>)> {
         let _guard = tch::no_grad_guard();
-        if logits.len() != self.vocab {
-            bail!(
-                "sample_logits: {} logits, expected the vocab size {}",
-                logits.len(),
-                self.vocab
-            );
-        }
+        crate::backend::check_row(logits, self.vocab)?;
         let u = uniforms.map(Tensor::from_slice);
         let (tok, probs) = sampler::sample(
             &Tensor::from_slice(logits),

@@ -4,7 +4,7 @@ use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::model::{CsmModel, DType, Frames};
 use crate::sampling::SamplerSpec;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use stack::{kind_of, to_tensor, Stack};
 use tch::{Device, Kind, Tensor};
 
@@ -111,18 +111,23 @@ impl TorchCsm {
     }
 }
 
+/// What the libtorch pipeline reports about itself (both model kinds).
+pub(crate) fn info_of(dtype: DType) -> BackendInfo {
+    BackendInfo {
+        name: "torch".into(),
+        library_version: format!(
+            "libtorch {} (tch 0.26)",
+            env!("CSM_PARITY_LIBTORCH_VERSION")
+        ),
+        device: "cpu".into(),
+        dtype: dtype.name().into(),
+        fault: None,
+    }
+}
+
 impl Backend for TorchCsm {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "torch".into(),
-            library_version: format!(
-                "libtorch {} (tch 0.26)",
-                env!("CSM_PARITY_LIBTORCH_VERSION")
-            ),
-            device: "cpu".into(),
-            dtype: self.dtype.name().into(),
-            fault: None,
-        }
+        info_of(self.dtype)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
@@ -144,13 +149,7 @@ impl Backend for TorchCsm {
         uniforms: Option<&[f32]>,
     ) -> Result<(i32, Vec<f32>)> {
         let _guard = tch::no_grad_guard();
-        if logits.len() != self.vocab {
-            bail!(
-                "sample_logits: {} logits, expected the vocab size {}",
-                logits.len(),
-                self.vocab
-            );
-        }
+        crate::backend::check_row(logits, self.vocab)?;
         let u = uniforms.map(Tensor::from_slice);
         let (tok, probs) = self.sample(&Tensor::from_slice(logits), spec, u.as_ref())?;
         Ok((tok.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
@@ -163,19 +162,7 @@ impl Backend for TorchCsm {
     ) -> Result<FrameOutput> {
         let _guard = tch::no_grad_guard();
         let (c, v) = (self.codebooks, self.vocab as i64);
-        if req.input.width != c + 1 {
-            bail!(
-                "frame width {} does not match the model's {} codebooks + text",
-                req.input.width,
-                c
-            );
-        }
-        if self.backbone.pos + req.input.len() > self.backbone.f.max_seq_len {
-            bail!(
-                "sequence exceeds the backbone's max_seq_len {}",
-                self.backbone.f.max_seq_len
-            );
-        }
+        req.check(c, self.backbone.pos, self.backbone.f.max_seq_len)?;
         let uniforms = req
             .uniforms
             .map(|u| Tensor::from_slice(u).view([c as i64, v]));
