@@ -192,6 +192,7 @@ pub fn write_fixture(dir: &Path, seed: u64) -> Result<()> {
     write_safetensors(&dir.join("model.safetensors"), &weights)?;
     let mut config = cfg.to_original_json();
     config["fixture_seed"] = serde_json::json!(seed);
+    config["fixture_version"] = serde_json::json!(FIXTURE_VERSION);
     crate::util::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
@@ -210,14 +211,38 @@ pub fn default_fixture_dir() -> std::path::PathBuf {
         .join("tiny-csm")
 }
 
-/// Makes the default fixture if it is absent; returns its directory.
-pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
-    let dir = default_fixture_dir();
-    if !dir.join("model.safetensors").is_file() {
-        eprintln!("making the tiny fixture model in {}", dir.display());
-        write_fixture(&dir, DEFAULT_SEED)?;
+/// Version of the fixture generators, written as `fixture_version` into each fixture's
+/// config.json: bump it whenever the generated weights change, so bundled fixtures made by an
+/// older build are regenerated instead of silently reused.
+pub const FIXTURE_VERSION: u64 = 2;
+
+/// Makes the fixture in `dir` with `write` when `marker` (its last-written file) is absent or
+/// its config.json comes from another generator version; returns `dir`.
+fn ensure_fixture(
+    dir: std::path::PathBuf,
+    marker: &Path,
+    what: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<std::path::PathBuf> {
+    let version = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["fixture_version"].as_u64());
+    if !dir.join(marker).is_file() || version != Some(FIXTURE_VERSION) {
+        eprintln!("making the {what} in {}", dir.display());
+        write(&dir)?;
     }
     Ok(dir)
+}
+
+/// Makes the default fixture if it is absent or stale; returns its directory.
+pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
+    ensure_fixture(
+        default_fixture_dir(),
+        Path::new("model.safetensors"),
+        "tiny fixture model",
+        |d| write_fixture(d, DEFAULT_SEED),
+    )
 }
 
 pub const DEFAULT_SEED: u64 = 1234;
@@ -334,6 +359,7 @@ pub fn write_llama_fixture(dir: &Path, seed: u64) -> Result<()> {
     write_safetensors(&dir.join("model.safetensors"), &llama_weights(&cfg, seed))?;
     let mut config = cfg.to_json();
     config["fixture_seed"] = serde_json::json!(seed);
+    config["fixture_version"] = serde_json::json!(FIXTURE_VERSION);
     crate::util::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
@@ -351,17 +377,19 @@ pub fn write_llama_fixture(dir: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The bundled Llama fixture (`fixtures/tiny-llama`, made on first use); returns its directory.
+/// The bundled Llama fixture (`fixtures/tiny-llama`, made on first use or when stale);
+/// returns its directory.
 pub fn ensure_llama_fixture() -> Result<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join("tiny-llama");
     // adapter_config.json is written last: its presence means the fixture is complete.
-    if !dir.join("adapter").join("adapter_config.json").is_file() {
-        eprintln!("making the tiny Llama fixture in {}", dir.display());
-        write_llama_fixture(&dir, DEFAULT_SEED)?;
-    }
-    Ok(dir)
+    ensure_fixture(
+        dir,
+        &Path::new("adapter").join("adapter_config.json"),
+        "tiny Llama fixture",
+        |d| write_llama_fixture(d, DEFAULT_SEED),
+    )
 }
 
 #[cfg(test)]
