@@ -8,7 +8,7 @@ use crate::capture::{
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -122,6 +122,27 @@ impl ModelRef<'_> {
                 .then_some("eos_token"),
         }
     }
+    /// The flag that bounds generation.
+    fn limit_flag(&self) -> &'static str {
+        match self {
+            ModelRef::Csm(_) => "--max-frames",
+            ModelRef::Llama(_) => "--max-tokens",
+        }
+    }
+    /// What one step is called.
+    fn step_unit(&self) -> &'static str {
+        match self {
+            ModelRef::Csm(_) => "frame",
+            ModelRef::Llama(_) => "token",
+        }
+    }
+    /// Positions the backbone has room for.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelRef::Csm(m) => m.config.backbone.max_seq_len,
+            ModelRef::Llama(m) => m.config.flavor.max_seq_len,
+        }
+    }
     fn limit_reason(&self) -> &'static str {
         match self {
             ModelRef::Csm(_) => "max_frames",
@@ -168,6 +189,8 @@ pub struct CaptureOptions {
     pub progress: bool,
     /// A known porting bug injected into the MLX pipeline (never the reference).
     pub inject: Option<Fault>,
+    /// Replace existing complete runs in `out` (only once the new ones are complete).
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,6 +206,9 @@ pub struct RunSummary {
     /// Decoded text of the generated tokens (LM runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_text: Option<String>,
+    /// Problems seen while generating (non-finite logits/probs), also in the manifest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +271,39 @@ struct Track<'b> {
     stop: Option<&'static str>,
     load_ms: f64,
     post: PostProcess,
+    nonfinite: NonFinite,
+}
+
+/// Steps whose recorded logits / probs hold NaN or ±Inf.
+#[derive(Default)]
+struct NonFinite {
+    logits: usize,
+    probs: usize,
+    first: Option<usize>,
+}
+
+impl NonFinite {
+    fn see(&mut self, frame: usize, out: &FrameOutput) {
+        let bad = |x: &Option<Vec<f32>>| x.as_ref().is_some_and(|v| v.iter().any(|x| !x.is_finite()));
+        let (l, p) = (bad(&out.logits), bad(&out.probs));
+        self.logits += l as usize;
+        self.probs += p as usize;
+        if (l || p) && self.first.is_none() {
+            self.first = Some(frame);
+        }
+    }
+    fn warnings(&self, frames: usize, unit: &str) -> Vec<String> {
+        let mut w = Vec::new();
+        for (what, n) in [("logits", self.logits), ("probs", self.probs)] {
+            if n > 0 {
+                w.push(format!(
+                    "non-finite {what} (NaN/Inf): {n} of {frames} steps, first at {unit} {}",
+                    self.first.unwrap_or(0)
+                ));
+            }
+        }
+        w
+    }
 }
 
 impl Track<'_> {
@@ -256,6 +315,7 @@ impl Track<'_> {
         us: f64,
         vocab: usize,
     ) -> Result<()> {
+        self.nonfinite.see(self.sampled.len(), &out);
         let rec = FrameRecord {
             post_tokens: self.post.apply(&out.sampled),
             tokens: out.sampled.clone(),
@@ -309,6 +369,51 @@ fn manifest_for(
     m
 }
 
+/// Checks the options against the model before anything is loaded or written: backends, mode,
+/// fault, frame budget (against the model's room for positions), prompt, output directories.
+/// Returns the prompt ids and frames.
+fn preflight(model: ModelRef, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames)> {
+    if opts.backends.is_empty() {
+        bail!("no backend selected");
+    }
+    if opts.mode != Mode::Independent && opts.backends.len() < 2 {
+        bail!(
+            "--mode {} needs both backends (--backend both)",
+            opts.mode.name()
+        );
+    }
+    if let Some(f) = opts.inject {
+        if !opts.backends.contains(&BackendKind::Mlx) || opts.reference == BackendKind::Mlx {
+            bail!("--inject {f}: faults go into the MLX pipeline, which must run and must not be the reference");
+        }
+    }
+    if opts.max_frames == 0 {
+        bail!("{} must be at least 1", model.limit_flag());
+    }
+    let (ids, prompt) = model.prompt(opts)?;
+    // Frame 0 feeds the prompt; every later frame feeds one position.
+    let needed = prompt.len() + opts.max_frames - 1;
+    let room = model.max_positions();
+    if needed > room {
+        bail!(
+            "{} {}: the prompt takes {} positions and each step after the first one more, {needed} in all, \
+             but the model has room for {room} ({}); use at most {}",
+            model.limit_flag(),
+            opts.max_frames,
+            prompt.len(),
+            match model {
+                ModelRef::Csm(_) => "the backbone's max_seq_len",
+                ModelRef::Llama(_) => "max_position_embeddings",
+            },
+            (room + 1).saturating_sub(prompt.len())
+        );
+    }
+    for &kind in &opts.backends {
+        RunWriter::check_target(&run_dir(&opts.out, kind), opts.force)?;
+    }
+    Ok((ids, prompt))
+}
+
 /// Runs the capture of a CSM model; returns the summary. Run directories appear only when
 /// complete.
 pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary> {
@@ -317,9 +422,8 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
 
 /// Runs the capture of either model kind; returns the summary.
 pub fn capture_model(model: ModelRef, opts: &CaptureOptions) -> Result<CaptureSummary> {
-    if opts.backends.is_empty() {
-        bail!("no backend selected");
-    }
+    // Every input and output is checked before the weights go into a library.
+    preflight(model, opts)?;
     let mut loaded = load_backends(model, &opts.backends, opts.dtype)?;
     capture_with(model, opts, &mut loaded)
 }
@@ -343,34 +447,15 @@ pub fn capture_with(
             opts.backends
         );
     }
-    if opts.backends.is_empty() {
-        bail!("no backend selected");
-    }
-    if opts.mode != Mode::Independent && opts.backends.len() < 2 {
-        bail!(
-            "--mode {} needs both backends (--backend both)",
-            opts.mode.name()
-        );
-    }
-    if let Some(f) = opts.inject {
-        if !opts.backends.contains(&BackendKind::Mlx) || opts.reference == BackendKind::Mlx {
-            bail!("--inject {f}: faults go into the MLX pipeline, which must run and must not be the reference");
-        }
-    }
-    if opts.max_frames == 0 {
-        bail!(
-            "{} must be at least 1",
-            match model {
-                ModelRef::Csm(_) => "--max-frames",
-                ModelRef::Llama(_) => "--max-tokens",
-            }
-        );
-    }
+    let (ids, prompt) = preflight(model, opts)?;
+    // One writer per output directory at a time; the lock holds until the capture returns.
+    let _lock = crate::outputs::DirLock::acquire(
+        &opts.out,
+        crate::outputs::OutputKind::Capture,
+        "--out",
+    )?;
     let (c, v) = (model.codebooks(), model.vocab());
-    let (ids, prompt) = model.prompt(opts)?;
     let single = opts.backends.len() == 1;
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("--out {}: cannot create", opts.out.display()))?;
     let mut tracks = Vec::new();
     for lb in loaded.iter_mut() {
         let kind = lb.kind;
@@ -387,18 +472,14 @@ pub fn capture_with(
                 post = PostProcess::RemapLow { lo: 1, hi: 31 };
             }
         }
-        let dir = run_dir(&opts.out, kind);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot replace {}", dir.display()))?;
-        }
-        let writer = RunWriter::create(
-            &dir,
+        let writer = RunWriter::create_replacing(
+            &run_dir(&opts.out, kind),
             manifest_for(model, opts, backend.info(), &ids, post),
             c,
             v,
             opts.logits,
             opts.probs,
+            opts.force,
         )?;
         tracks.push(Track {
             kind,
@@ -412,6 +493,7 @@ pub fn capture_with(
             stop: None,
             load_ms,
             post,
+            nonfinite: NonFinite::default(),
         });
     }
     for t in tracks.iter_mut() {
@@ -523,6 +605,10 @@ pub fn capture_with(
         let stop = t.stop.unwrap_or(model.limit_reason());
         let output_text = model.output_text(&t.sampled)?;
         t.writer.set_output_text(output_text.clone());
+        let warnings = t.nonfinite.warnings(frames, model.step_unit());
+        for w in &warnings {
+            t.writer.warn(w.clone());
+        }
         let total_us: f64 = t.step_us.iter().sum();
         let steady: Vec<f64> = t.step_us.iter().skip(1).cloned().collect();
         let mean_ms = if steady.is_empty() {
@@ -550,6 +636,7 @@ pub fn capture_with(
             load_ms: t.load_ms,
             info,
             output_text,
+            warnings,
         });
     }
     Ok(CaptureSummary {
@@ -596,6 +683,9 @@ impl CaptureSummary {
         use std::fmt::Write;
         let mut s = String::new();
         let verdict = match (self.tokens_equal, self.first_token_mismatch) {
+            (Some(true), _) if self.runs.iter().any(|r| !r.warnings.is_empty()) => {
+                "tokens identical, but a pipeline produced non-finite values (see WARNING)".to_string()
+            }
             (Some(true), _) => "tokens identical".to_string(),
             (_, Some([f, c])) => format!("first token mismatch at frame {f}, codebook {c}"),
             (Some(false), None) => "token streams differ in length".to_string(),
@@ -617,6 +707,11 @@ impl CaptureSummary {
                 "  {:<6} {:>7} {:<18} {:>12.2} {:>13.2}  {}",
                 r.backend, r.frames, r.stop_reason, r.mean_frame_ms, r.prefill_frame_ms, r.dir
             );
+        }
+        for r in &self.runs {
+            for w in &r.warnings {
+                let _ = writeln!(s, "  WARNING {}: {w} — these steps compare as failures", r.backend);
+            }
         }
         for r in &self.runs {
             if let Some(text) = &r.output_text {

@@ -31,6 +31,12 @@ pub struct Case {
 
 /// Reads a .npy of integers or floats as (shape, f64 values).
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    read_npy_typed(path).map(|(shape, values, _)| (shape, values))
+}
+
+/// [`read_npy`], also saying whether the array holds integers. The file's length is checked
+/// against its header before anything is read, so a truncated array is named as such.
+pub fn read_npy_typed(path: &Path) -> Result<(Vec<usize>, Vec<f64>, bool)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let npy = npyz::NpyFile::new(&bytes[..])
         .with_context(|| format!("{}: not a .npy file", path.display()))?;
@@ -40,56 +46,112 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         npyz::DType::Plain(t) => t.to_string(),
         other => bail!("{}: unsupported dtype {other:?}", path.display()),
     };
-    let values: Vec<f64> = match &descr[1..] {
-        "f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
-        "f8" => npy.into_vec::<f64>()?,
-        "i4" => npy.into_vec::<i32>()?.into_iter().map(f64::from).collect(),
-        "i8" => npy
-            .into_vec::<i64>()?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect(),
-        "u4" => npy.into_vec::<u32>()?.into_iter().map(f64::from).collect(),
+    let item = match &descr[1..] {
+        "f4" | "i4" | "u4" => 4,
+        "f8" | "i8" => 8,
         other => bail!(
             "{}: dtype {other} not supported (expected f4, f8, i4, i8 or u4)",
             path.display()
         ),
     };
-    Ok((shape, values))
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .with_context(|| format!("{}: shape {shape:?} is too large", path.display()))?;
+    let header = npy_header_len(&bytes)
+        .with_context(|| format!("{}: not a .npy file (bad header)", path.display()))?;
+    let need = count
+        .checked_mul(item)
+        .and_then(|n| n.checked_add(header))
+        .with_context(|| format!("{}: shape {shape:?} is too large", path.display()))?;
+    if bytes.len() < need {
+        bail!(
+            "{}: truncated: the header says shape {shape:?} of {descr} ({need} bytes with the header), the file has {} bytes",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let npy = npyz::NpyFile::new(&bytes[..])?;
+    let ctx = || format!("{}: cannot read the array", path.display());
+    let (values, integer): (Vec<f64>, bool) = match &descr[1..] {
+        "f4" => (npy.into_vec::<f32>().with_context(ctx)?.into_iter().map(f64::from).collect(), false),
+        "f8" => (npy.into_vec::<f64>().with_context(ctx)?, false),
+        "i4" => (npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(f64::from).collect(), true),
+        "i8" => (
+            npy.into_vec::<i64>().with_context(ctx)?.into_iter().map(|v| v as f64).collect(),
+            true,
+        ),
+        _ => (npy.into_vec::<u32>().with_context(ctx)?.into_iter().map(f64::from).collect(), true),
+    };
+    Ok((shape, values, integer))
+}
+
+/// Length of a .npy header (magic, version, header length field, header).
+pub fn npy_header_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    match bytes[6] {
+        1 => Some(10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => {
+            Some(12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize)
+        }
+        _ => None,
+    }
 }
 
 impl Case {
+    /// Reads and checks the case's arrays (shapes consistent with each other, token ids
+    /// integers, logits finite); every error names the file. [`Case::check_model`] checks them
+    /// against a model before any weight is loaded into a library.
     pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{}: not a directory (expected a conformance case)", dir.display());
+        }
         let file = |n: &str| dir.join(n);
-        let (ps, prompt) = read_npy(&file("prompt_ids.npy"))?;
-        let (fs, frames) = read_npy(&file("frames.npy"))?;
-        let (cs, c0) = read_npy(&file("c0_logits.npy"))?;
-        let (ds, depth) = read_npy(&file("depth_logits.npy"))?;
-        if ps.len() != 1 {
-            bail!(
-                "{}: expected shape [P], got {ps:?}",
-                file("prompt_ids.npy").display()
-            );
+        let (ps, prompt, p_int) = read_npy_typed(&file("prompt_ids.npy"))?;
+        let (fs, frames, f_int) = read_npy_typed(&file("frames.npy"))?;
+        let (cs, c0, _) = read_npy_typed(&file("c0_logits.npy"))?;
+        let (ds, depth, _) = read_npy_typed(&file("depth_logits.npy"))?;
+        let name = |n: &str| file(n).display().to_string();
+        if ps.len() != 1 || ps[0] == 0 {
+            bail!("{}: expected shape [P] with P ≥ 1, got {ps:?}", name("prompt_ids.npy"));
+        }
+        if !p_int {
+            bail!("{}: token ids must be integers (i4, i8 or u4), found floats", name("prompt_ids.npy"));
         }
         let [f, c] = fs[..] else {
-            bail!(
-                "{}: expected shape [F, C], got {fs:?}",
-                file("frames.npy").display()
-            );
+            bail!("{}: expected shape [F, C], got {fs:?}", name("frames.npy"));
         };
-        let v = *cs.last().unwrap_or(&0);
-        if cs != [f, v] {
-            bail!(
-                "{}: expected shape [{f}, V], got {cs:?}",
-                file("c0_logits.npy").display()
-            );
+        if f == 0 || c < 2 {
+            bail!("{}: expected at least 1 frame of at least 2 codebooks, got {fs:?}", name("frames.npy"));
+        }
+        if !f_int {
+            bail!("{}: audio tokens must be integers (i4, i8 or u4), found floats", name("frames.npy"));
+        }
+        let [cf, v] = cs[..] else {
+            bail!("{}: expected shape [F, V] = [{f}, V], got {cs:?}", name("c0_logits.npy"));
+        };
+        if cf != f || v == 0 {
+            bail!("{}: expected shape [{f}, V] (one row per frame of frames.npy), got {cs:?}", name("c0_logits.npy"));
         }
         if ds != [f, c - 1, v] {
             bail!(
-                "{}: expected shape [{f}, {}, {v}], got {ds:?}",
-                file("depth_logits.npy").display(),
+                "{}: expected shape [{f}, {}, {v}] (frames × codebooks 1..{} × the vocab of c0_logits.npy), got {ds:?}",
+                name("depth_logits.npy"),
+                c - 1,
                 c - 1
             );
+        }
+        for (n, x) in [("c0_logits.npy", &c0), ("depth_logits.npy", &depth)] {
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                bail!("{}: reference value {i} (flat index) is {}; a reference must be finite", name(n), x[i]);
+            }
+        }
+        for (n, x) in [("prompt_ids.npy", &prompt), ("frames.npy", &frames)] {
+            if let Some(bad) = x.iter().find(|&&t| t < 0.0 || t > u32::MAX as f64) {
+                bail!("{}: token id {bad} is out of range", name(n));
+            }
         }
         let to32 = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
         Ok(Case {
@@ -103,6 +165,50 @@ impl Case {
             depth_logits: depth.chunks((c - 1) * v).map(to32).collect(),
             vocab: v,
         })
+    }
+
+    /// Checks the case against `cfg` (codebooks, audio vocab, token ranges), naming the file
+    /// that does not fit.
+    pub fn check_model(&self, cfg: &crate::model::CsmConfig, model_dir: &Path) -> Result<()> {
+        let name = |n: &str| self.dir.join(n).display().to_string();
+        let c = cfg.audio_num_codebooks;
+        let width = self.frames.first().map_or(0, Vec::len);
+        if width != c {
+            bail!(
+                "{}: {width} codebooks per frame, but the model in {} has {c}",
+                name("frames.npy"),
+                model_dir.display()
+            );
+        }
+        if self.vocab != cfg.audio_vocab_size {
+            bail!(
+                "{}: rows of {} logits, but the model in {} has an audio vocab of {}",
+                name("c0_logits.npy"),
+                self.vocab,
+                model_dir.display(),
+                cfg.audio_vocab_size
+            );
+        }
+        if let Some(t) = self.prompt_ids.iter().find(|&&t| t as usize >= cfg.text_vocab_size) {
+            bail!(
+                "{}: token id {t} is outside the model's text vocab of {}",
+                name("prompt_ids.npy"),
+                cfg.text_vocab_size
+            );
+        }
+        if let Some((f, t)) = self
+            .frames
+            .iter()
+            .enumerate()
+            .find_map(|(f, r)| r.iter().find(|&&t| t as usize >= cfg.audio_vocab_size).map(|t| (f, t)))
+        {
+            bail!(
+                "{}: frame {f} holds token {t}, outside the model's audio vocab of {}",
+                name("frames.npy"),
+                cfg.audio_vocab_size
+            );
+        }
+        Ok(())
     }
 
     /// The layouts whose model folders this case has.
@@ -158,13 +264,7 @@ pub fn conform_one(
     let model = CsmModel::load(&model_dir)?;
     let cfg = &model.config;
     let c = cfg.audio_num_codebooks;
-    if case.frames.first().map(Vec::len) != Some(c) || case.vocab != cfg.audio_vocab_size {
-        bail!(
-            "{}: the case's frames/logits do not match the model's {c} codebooks × {} vocab",
-            case.dir.display(),
-            cfg.audio_vocab_size
-        );
-    }
+    case.check_model(cfg, &model_dir)?;
     let prompt = Frames::text(&case.prompt_ids, c, cfg.text_vocab_size)?;
     let mut b = backend::load(kind, &model, DType::F32)?;
     let greedy = SamplerSpec::greedy();
@@ -201,7 +301,8 @@ pub fn conform_one(
             } else {
                 max_depth = max_depth.max(d)
             }
-            if d > atol && first.is_none() {
+            // NaN-proof: a breach unless the difference is provably within the tolerance.
+            if !(d <= atol) && first.is_none() {
                 first = Some(Breach {
                     frame: f,
                     codebook: cb,
@@ -250,6 +351,9 @@ pub fn conform(
     layouts: Option<&[Layout]>,
     atol: f64,
 ) -> Result<ConformReport> {
+    if !(atol.is_finite() && atol >= 0.0) {
+        bail!("--atol {atol}: expected a finite number ≥ 0");
+    }
     let case = Case::load(dir)?;
     let available = case.layouts();
     let layouts: Vec<Layout> = match layouts {
@@ -275,6 +379,12 @@ pub fn conform(
     }
     if backends.is_empty() {
         bail!("no backend compiled into this build (features `mlx`, `torch`)");
+    }
+    // Every layout's config against the case, before any weight is loaded into a library.
+    for &layout in &layouts {
+        let model_dir = case.dir.join(layout.name());
+        let cfg = crate::model::CsmConfig::from_file(&model_dir.join("config.json"))?;
+        case.check_model(&cfg, &model_dir)?;
     }
     let mut results = Vec::new();
     for &kind in backends {

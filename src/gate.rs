@@ -191,6 +191,35 @@ pub fn parse_config(text: &str, path: &Path) -> Result<GateConfig> {
         }
     }
     let t = &cfg.thresholds;
+    let named = [
+        ("thresholds.token_agreement_min", t.token_agreement_min),
+        ("thresholds.max_logit_diff_max", t.max_logit_diff_max),
+        ("thresholds.hist_intersection_min", t.hist_intersection_min),
+        ("thresholds.kl_hist_max", t.kl_hist_max),
+        ("thresholds.divergence_frame_min", t.divergence_frame_min),
+        ("thresholds.chi_square_p_min", t.chi_square_p_min),
+    ];
+    let base = b.map(|b| {
+        [
+            ("baseline.margin", Some(b.margin)),
+            ("baseline.abs_margin", Some(b.abs_margin)),
+            ("baseline.token_agreement", b.token_agreement),
+            ("baseline.max_logit_diff", b.max_logit_diff),
+            ("baseline.hist_intersection", b.hist_intersection),
+            ("baseline.kl_hist", b.kl_hist),
+            ("baseline.divergence_frame", b.divergence_frame),
+        ]
+    });
+    for (name, v) in named.iter().chain(base.iter().flatten()) {
+        if let Some(x) = v {
+            if !x.is_finite() {
+                bail!(
+                    "{}: {name} = {x}: expected a finite number (a NaN or infinite limit can never be checked)",
+                    path.display()
+                );
+            }
+        }
+    }
     if [
         t.token_agreement_min,
         t.max_logit_diff_max,
@@ -230,6 +259,8 @@ pub struct Measured {
     pub chi_square_p: Option<f64>,
     /// Per job: (text index, seed, shared-noise divergence [frame, codebook]).
     pub divergences: Vec<(usize, u64, Option<[usize; 2]>)>,
+    /// Non-finite outputs (NaN/Inf logits or probs) of any job, named by job and pipeline.
+    pub nonfinite: Vec<String>,
 }
 
 /// One check.
@@ -383,6 +414,14 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
             .iter()
             .map(|r| (r.job.text_index, r.job.seed, r.shared.divergence))
             .collect(),
+        nonfinite: results
+            .iter()
+            .flat_map(|r| {
+                r.shared.nonfinite.iter().map(move |w| {
+                    format!("text {} seed {}: {w}", r.job.text_index, r.job.seed)
+                })
+            })
+            .collect(),
     };
     Ok((dir.display().to_string(), measured))
 }
@@ -411,6 +450,22 @@ pub fn checks(cfg: &GateConfig, m: &Measured) -> Vec<Check> {
     let t = &cfg.thresholds;
     let mut out = Vec::new();
     let n = m.jobs;
+    // Always checked: a NaN/Inf anywhere makes every other number meaningless.
+    let mut finite = Check::new(
+        "finite_outputs",
+        &match m.nonfinite.first() {
+            None => format!("no NaN/Inf logits or probs in {n} jobs"),
+            Some(first) => format!(
+                "NaN/Inf logits or probs in {} job runs; first: {first}",
+                m.nonfinite.len()
+            ),
+        },
+        Some(m.nonfinite.len() as f64),
+        "<=",
+        0.0,
+    );
+    finite.passed = m.nonfinite.is_empty() && n > 0;
+    out.push(finite);
     let spec: [ThresholdRow; 6] = [
         (
             "token_agreement",

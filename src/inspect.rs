@@ -20,11 +20,26 @@ pub struct Inspection {
     pub misshaped: Vec<String>,
     pub extra: Vec<String>,
     pub ignored: Vec<String>,
+    /// Tensors whose bytes are not (all) in the file: a truncated or inconsistent file.
+    pub truncated: Vec<String>,
     pub ok: bool,
 }
 
-/// (name → (dtype, shape)) from a safetensors header.
-fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
+/// Bytes per element of a safetensors dtype (None: unknown dtype).
+fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+/// (name → (dtype, shape)) from a safetensors header, and the tensors whose bytes the file does
+/// not hold in full (data offsets past its end, or not matching dtype × shape).
+#[allow(clippy::type_complexity)]
+fn read_header(path: &Path) -> Result<(BTreeMap<String, (String, Vec<usize>)>, Vec<String>)> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut n = [0u8; 8];
@@ -42,6 +57,12 @@ fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
         .with_context(|| format!("{}: truncated header", path.display()))?;
     let v: serde_json::Value = serde_json::from_slice(&buf)
         .with_context(|| format!("{}: header is not JSON", path.display()))?;
+    let file_len = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let data_len = file_len.saturating_sub(8 + n as u64);
+    let mut bad = Vec::new();
     let mut out = BTreeMap::new();
     for (k, t) in v.as_object().into_iter().flatten() {
         if k == "__metadata__" {
@@ -52,7 +73,7 @@ fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
             .and_then(|d| d.as_str())
             .unwrap_or("?")
             .to_string();
-        let shape = t
+        let shape: Vec<usize> = t
             .get("shape")
             .and_then(|s| s.as_array())
             .map(|a| {
@@ -62,16 +83,42 @@ fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
                     .collect()
             })
             .unwrap_or_default();
+        let offsets: Option<(u64, u64)> = t.get("data_offsets").and_then(|o| {
+            let a = o.as_array()?;
+            Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?))
+        });
+        let want = dtype_size(&dtype).and_then(|sz| {
+            shape
+                .iter()
+                .try_fold(sz as u64, |acc: u64, &d| acc.checked_mul(d as u64))
+        });
+        match offsets {
+            None => bad.push(format!("{}: {k}: no data_offsets", path.display())),
+            Some((b, e)) if e > data_len => bad.push(format!(
+                "{}: {k}: bytes {b}..{e} but the file holds {data_len} data bytes (truncated)",
+                path.display()
+            )),
+            Some((b, e)) if e < b || want.is_some_and(|w| e - b != w) => bad.push(format!(
+                "{}: {k}: {} data bytes, {dtype} × {shape:?} needs {}",
+                path.display(),
+                e.saturating_sub(b),
+                want.unwrap_or(0)
+            )),
+            _ => {}
+        }
         out.insert(k.clone(), (dtype, shape));
     }
-    Ok(out)
+    Ok((out, bad))
 }
 
 pub fn inspect(model: &Path) -> Result<Inspection> {
     let cfg = CsmConfig::from_file(&model.join("config.json"))?;
     let mut found = BTreeMap::new();
+    let mut truncated = Vec::new();
     for file in weight_files(model)? {
-        found.extend(read_header(&file)?);
+        let (h, bad) = read_header(&file)?;
+        found.extend(h);
+        truncated.extend(bad);
     }
     let is_hf = found
         .keys()
@@ -94,6 +141,7 @@ pub fn inspect(model: &Path) -> Result<Inspection> {
         misshaped: vec![],
         extra: vec![],
         ignored: vec![],
+        truncated,
         ok: true,
     };
     for (name, shape) in &expected {
@@ -121,7 +169,10 @@ pub fn inspect(model: &Path) -> Result<Inspection> {
             ins.extra.push(k.clone());
         }
     }
-    ins.ok = ins.missing.is_empty() && ins.misshaped.is_empty() && ins.extra.is_empty();
+    ins.ok = ins.missing.is_empty()
+        && ins.misshaped.is_empty()
+        && ins.extra.is_empty()
+        && ins.truncated.is_empty();
     Ok(ins)
 }
 
@@ -162,6 +213,7 @@ impl Inspection {
             ("missing", &self.missing),
             ("mis-shaped", &self.misshaped),
             ("extra", &self.extra),
+            ("incomplete data", &self.truncated),
         ] {
             if !list.is_empty() {
                 let _ = writeln!(
@@ -183,7 +235,7 @@ impl Inspection {
             s,
             "  {}",
             if self.ok {
-                "complete: every tensor present with the expected shape"
+                "complete: every tensor present with the expected shape and all its bytes"
             } else {
                 "NOT loadable as is"
             }

@@ -15,6 +15,7 @@ pub mod faults;
 pub mod gate;
 pub mod inspect;
 pub mod model;
+pub mod outputs;
 pub mod report;
 pub mod runner;
 pub mod sampling;

@@ -73,6 +73,7 @@ fn capture_case(
         out: out.to_path_buf(),
         progress: false,
         inject: fault,
+        force: false,
     };
     capture_model(model, &opts)?;
     Ok(())

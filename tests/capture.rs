@@ -35,6 +35,7 @@ fn opts(
         out: out.to_path_buf(),
         progress: false,
         inject: None,
+        force: false,
     }
 }
 

@@ -118,6 +118,7 @@ fn opts(out: &Path, text: &str, seed: u64, sampler: SamplerSpec, mode: Mode) -> 
         out: out.to_path_buf(),
         progress: false,
         inject: None,
+        force: false,
     }
 }
 

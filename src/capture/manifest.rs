@@ -31,6 +31,10 @@ pub struct Manifest {
     /// Decoded text of the generated tokens (plain LM runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_text: Option<String>,
+    /// Problems the writer saw, e.g. non-finite logits (`"non-finite logits: 12 of 24 steps,
+    /// first at frame 0"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +149,7 @@ impl Manifest {
             stop_reason: String::new(),
             timings: Timings::default(),
             output_text: None,
+            warnings: Vec::new(),
         }
     }
 }

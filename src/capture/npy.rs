@@ -164,7 +164,14 @@ fn parse_header(f: &mut File) -> Result<NpyHeader> {
         shape,
         data_offset,
     };
-    let want = data_offset + (header.elements() * dtype.size()) as u64;
+    // Checked: a header (or a manifest it must match) claiming absurd sizes is an error, never
+    // an overflow; every size derived from a shape is then bounded by the file's real length.
+    let want = header
+        .shape
+        .iter()
+        .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d as u64))
+        .and_then(|b| b.checked_add(data_offset))
+        .with_context(|| format!("shape {:?} is too large", header.shape))?;
     if len < want {
         bail!(
             "file is truncated: {len} bytes, expected {want} for shape {:?} {}",

@@ -19,6 +19,10 @@ pub struct RunWriter {
     logits_out: DistOut,
     probs_out: DistOut,
     frames: usize,
+    /// Replace an existing run in `dir` at finish.
+    replace: bool,
+    /// Removes `<dir>.partial` unless the run finished.
+    guard: PartialGuard,
     scratch_v: Vec<f32>,
     scratch_i: Vec<i32>,
     order: Vec<u32>,
@@ -113,8 +117,8 @@ pub fn top_n_indices(row: &[f32], n: usize, order: &mut Vec<u32>) {
 }
 
 impl RunWriter {
-    /// Starts a run that will be renamed to `dir` by [`RunWriter::finish`]. Refuses a non-empty
-    /// existing `dir`; removes a stale `<dir>.partial`.
+    /// Starts a run that will be renamed to `dir` by [`RunWriter::finish`]. Refuses an
+    /// existing `dir` unless it is empty (see [`RunWriter::create_replacing`]).
     pub fn create(
         dir: &Path,
         manifest: Manifest,
@@ -123,30 +127,65 @@ impl RunWriter {
         logits: Storage,
         probs: Storage,
     ) -> Result<RunWriter> {
-        ensure!(codebooks > 0, "run writer: codebooks must be > 0");
-        ensure!(vocab > 0, "run writer: vocab must be > 0");
-        if dir.exists() {
-            let non_empty = std::fs::read_dir(dir)
-                .with_context(|| {
-                    format!("{}: exists and is not a readable directory", dir.display())
-                })?
-                .next()
-                .is_some();
-            if non_empty {
-                bail!(
-                    "{}: run directory exists and is not empty; remove it or choose another output",
-                    dir.display()
-                );
-            }
+        Self::create_replacing(dir, manifest, codebooks, vocab, logits, probs, false)
+    }
+
+    /// Checks that a run may be written to `dir`: it is absent or empty, or (with `replace`) a
+    /// run directory written by csm-parity. Anything else is never touched.
+    pub fn check_target(dir: &Path, replace: bool) -> Result<()> {
+        use crate::outputs::{existing, Existing};
+        match existing(dir)? {
+            Existing::Missing | Existing::EmptyDir => {}
+            Existing::Run { .. } if replace => {}
+            Existing::Run { complete } => bail!(
+                "{}: a{} run already exists; pass --force to replace it (it is replaced only once the new run is complete)",
+                dir.display(),
+                if complete { " complete" } else { "n incomplete" }
+            ),
+            Existing::NotADir => bail!(
+                "{}: exists and is not a directory; expected a run directory (or a new path)",
+                dir.display()
+            ),
+            Existing::Ours(_) | Existing::Foreign => bail!(
+                "{}: exists and is not a csm-parity run; csm-parity will not touch it (choose another --out)",
+                dir.display()
+            ),
         }
         let partial = partial_path(dir);
+        match existing(&partial)? {
+            Existing::Missing | Existing::EmptyDir | Existing::Run { .. } => Ok(()),
+            _ => bail!(
+                "{}: exists and is not a partial csm-parity run; csm-parity will not touch it",
+                partial.display()
+            ),
+        }
+    }
+
+    /// [`RunWriter::create`]; with `replace`, an existing run in `dir` (never anything else) is
+    /// replaced when [`RunWriter::finish`] succeeds — until then it stays as it was. A writer
+    /// dropped before `finish` removes its `<dir>.partial`.
+    pub fn create_replacing(
+        dir: &Path,
+        manifest: Manifest,
+        codebooks: usize,
+        vocab: usize,
+        logits: Storage,
+        probs: Storage,
+        replace: bool,
+    ) -> Result<RunWriter> {
+        ensure!(codebooks > 0, "run writer: codebooks must be > 0");
+        ensure!(vocab > 0, "run writer: vocab must be > 0");
+        Self::check_target(dir, replace)?;
+        let partial = partial_path(dir);
         if partial.exists() {
+            // A stale partial run of ours (checked above): an earlier writer was killed.
             std::fs::remove_dir_all(&partial).with_context(|| {
                 format!("{}: cannot remove stale partial run", partial.display())
             })?;
         }
         std::fs::create_dir_all(&partial)
             .with_context(|| format!("{}: cannot create", partial.display()))?;
+        let guard = PartialGuard(Some(partial.clone()));
         let mut manifest = manifest;
         manifest.format = FORMAT_NAME.to_string();
         manifest.format_version = FORMAT_VERSION;
@@ -175,6 +214,8 @@ impl RunWriter {
             logits,
             probs,
             frames: 0,
+            replace,
+            guard,
             scratch_v: Vec::new(),
             scratch_i: Vec::new(),
             order: Vec::new(),
@@ -290,6 +331,11 @@ impl RunWriter {
         Ok(())
     }
 
+    /// Adds a warning to the manifest (shown by `diff`, recorded for other tools).
+    pub fn warn(&mut self, warning: String) {
+        self.manifest.warnings.push(warning);
+    }
+
     /// Sets `manifest.output_text` (the decoded text of an LM run).
     pub fn set_output_text(&mut self, text: Option<String>) {
         self.manifest.output_text = text;
@@ -308,6 +354,8 @@ impl RunWriter {
             logits_out,
             probs_out,
             frames,
+            replace,
+            mut guard,
             ..
         } = self;
         tokens.finish()?;
@@ -321,17 +369,10 @@ impl RunWriter {
         manifest.timings = timings;
         write_json_atomic(&partial.join("manifest.json"), &manifest)?;
         sync_dir(&partial)?;
-        if dir.exists() {
-            // Empty (checked at create); a non-empty one appeared meanwhile is an error.
-            std::fs::remove_dir(&dir).with_context(|| {
-                format!(
-                    "{}: appeared while the run was written and is not empty",
-                    dir.display()
-                )
-            })?;
-        }
-        std::fs::rename(&partial, &dir)
-            .with_context(|| format!("cannot rename {} to {}", partial.display(), dir.display()))?;
+        // Re-check: something else may have appeared meanwhile.
+        Self::check_target(&dir, replace)?;
+        crate::outputs::replace_dir(&partial, &dir)?;
+        guard.0 = None;
         if let Some(parent) = dir.parent() {
             let parent = if parent.as_os_str().is_empty() {
                 Path::new(".")
@@ -341,6 +382,17 @@ impl RunWriter {
             sync_dir(parent)?;
         }
         Ok(dir)
+    }
+}
+
+/// Removes a partial run directory when dropped armed (a writer that never finished).
+struct PartialGuard(Option<PathBuf>);
+
+impl Drop for PartialGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
 }
 

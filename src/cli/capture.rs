@@ -23,7 +23,7 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub chat: bool,
     /// Speaker id (the prompt is "[{speaker}]{text}").
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub speaker: u32,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -32,7 +32,7 @@ pub struct CaptureArgs {
     /// The reference pipeline (the other one is the port under test).
     #[arg(long, value_enum, default_value_t = BackendKind::Torch)]
     pub reference: BackendKind,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, allow_negative_numbers = true)]
     pub seed: u64,
     /// Sampling temperature; 0 means greedy.
     #[arg(long, default_value = "0.9", value_parser = parse_temperature, allow_negative_numbers = true)]
@@ -42,16 +42,16 @@ pub struct CaptureArgs {
     pub top_k: usize,
     /// CSM: frames to generate at most (12.5 frames = 1 s of audio; default 32); an all-zero
     /// frame stops earlier.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_frames: Option<usize>,
     /// Llama: tokens to generate at most (default 64); an EOS id stops earlier.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_tokens: Option<usize>,
     /// mlx-lm's nucleus filter on the temperature-1 distribution (0 or 1 = off).
-    #[arg(long = "top-p", default_value_t = 0.0)]
+    #[arg(long = "top-p", default_value_t = 0.0, allow_negative_numbers = true)]
     pub top_p: f64,
     /// mlx-lm's min-p filter: keep p ≥ min_p · p_max (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.0)]
+    #[arg(long = "min-p", default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f64,
     /// Noise of the sampler: shared (harness-owned uniforms, identical in both) or native (each RNG).
     #[arg(long, value_enum, default_value_t = NoiseMode::Shared)]
@@ -73,12 +73,19 @@ pub struct CaptureArgs {
     /// Inject a known MLX-port bug into the MLX pipeline (see `csm-parity selftest`).
     #[arg(long, value_name = "FAULT")]
     pub inject: Option<crate::faults::Fault>,
+    /// Replace existing runs in --out (only runs written by csm-parity, and only once the new
+    /// runs are complete); without it an existing run is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: CaptureArgs) -> Result<i32> {
+    // Flags first: a bad value is reported before any weight is read.
+    let sampler = SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?.with_filters(a.top_p, a.min_p)?;
+    let mut backends = a.backend.kinds()?;
     let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
     let model = loaded.as_ref();
     let max_frames = match (model, a.max_frames, a.max_tokens) {
@@ -91,7 +98,6 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         (ModelRef::Csm(_), f, None) => f.unwrap_or(32),
         (ModelRef::Llama(_), None, t) => t.unwrap_or(64),
     };
-    let mut backends = a.backend.kinds()?;
     backends.sort_by_key(|k| *k != a.reference);
     let opts = CaptureOptions {
         text: a.text,
@@ -99,8 +105,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         chat: a.chat,
         backends,
         reference: a.reference,
-        sampler: SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?
-            .with_filters(a.top_p, a.min_p)?,
+        sampler,
         max_frames,
         mode: a.mode,
         post: a.post,
@@ -110,12 +115,13 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         out: a.out,
         progress: !a.json,
         inject: a.inject,
+        force: a.force,
     };
     let summary = capture_model(model, &opts)?;
     if a.json {
         print_json(&summary)?;
     } else {
-        print!("{}", summary.render());
+        super::common::print_out(&summary.render())?;
     }
     Ok(0)
 }

@@ -37,6 +37,10 @@ pub struct ModelArgs {
     /// tiny fixture (fixtures/tiny-csm), made on first use.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// The tokenizer.json to use (default: MODEL/tokenizer.json). CSM-1B's original release
+    /// ships none: it uses Llama-3.2's tokenizer.json.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Compute dtype of both backends.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: DType,
@@ -58,8 +62,12 @@ impl ModelArgs {
             None => fixture::ensure_default_fixture(),
         }
     }
+    /// Loads a CSM model for a text prompt: config and tokenizer are checked before any
+    /// weight is read.
     pub fn load(&self) -> Result<CsmModel> {
-        CsmModel::load(&self.dir()?)
+        let dir = self.dir()?;
+        crate::model::require_tokenizer(&dir, self.tokenizer.as_deref())?;
+        CsmModel::load_with(&dir, self.tokenizer.as_deref())
     }
 }
 
@@ -111,18 +119,68 @@ impl ModelArgs {
                     bail!("--adapter {}: not a directory", a.display());
                 }
             }
-            Ok(LoadedModel::Llama(LlamaModel::load(&dir, adapter)?))
+            crate::model::require_tokenizer(&dir, self.tokenizer.as_deref())?;
+            Ok(LoadedModel::Llama(LlamaModel::load_with(
+                &dir,
+                adapter,
+                self.tokenizer.as_deref(),
+            )?))
         } else {
             if adapter.is_some() {
                 bail!("--adapter applies to Llama models only ({} is a CSM model; pass --model-kind llama if it is not)", dir.display());
             }
-            Ok(LoadedModel::Csm(CsmModel::load(&dir)?))
+            crate::model::require_tokenizer(&dir, self.tokenizer.as_deref())?;
+            Ok(LoadedModel::Csm(CsmModel::load_with(
+                &dir,
+                self.tokenizer.as_deref(),
+            )?))
         }
     }
 }
 
 /// Prints `value` as pretty JSON.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    let mut s = serde_json::to_string_pretty(value)?;
+    s.push('\n');
+    print_out(&s)
+}
+
+/// Writes `text` to standard output. A write error (a full disk, a closed pipe) is an error,
+/// never a panic; `main` ends quietly on a closed pipe, as command-line tools do.
+pub fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| anyhow::Error::new(e).context("cannot write to standard output"))
+}
+
+/// True when `err` is a closed pipe on standard output (`csm-parity diff r | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A tolerance flag's value: a finite number ≥ 0 (NaN, ∞ and negatives are refused here, so no
+/// check can pass by comparing with NaN).
+pub fn parse_tolerance(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (expected a finite number ≥ 0)"))?;
+    if !(x.is_finite() && x >= 0.0) {
+        return Err(format!("{s}: expected a finite number ≥ 0"));
+    }
+    Ok(x)
+}
+
+/// [`parse_tolerance`] as f32.
+pub fn parse_tolerance_f32(s: &str) -> Result<f32, String> {
+    let x = parse_tolerance(s)?;
+    if x > f32::MAX as f64 {
+        return Err(format!("{s}: too large"));
+    }
+    Ok(x as f32)
 }

@@ -13,13 +13,13 @@ pub struct DiffArgs {
     /// Run directory B (the candidate).
     pub b: Option<PathBuf>,
     /// Absolute logit tolerance: a step breaches when |a−b| > atol + rtol·|a|.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value = "1e-3", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
     pub atol: f32,
     /// Relative tolerance (logits and probabilities).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value = "1e-3", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
     pub rtol: f32,
     /// Absolute tolerance for sampler probabilities.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value = "1e-4", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
     pub probs_atol: f32,
     /// Print the full comparison as JSON on stdout instead of the summary.
     #[arg(long)]
@@ -63,6 +63,10 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         bail!("--atol, --rtol and --probs-atol must be non-negative numbers");
     }
     let (pa, pb) = resolve(&args.a, args.b.as_deref())?;
+    if let Some(dir) = &args.report {
+        // Before the (possibly long) analysis: never replace an input run or a user's folder.
+        crate::outputs::check_replaceable(dir, crate::outputs::OutputKind::Report, "--report")?;
+    }
     let a = Run::open(&pa).with_context(|| format!("run A ({})", pa.display()))?;
     let b = Run::open(&pb).with_context(|| format!("run B ({})", pb.display()))?;
     let opt = DiffOptions {
@@ -78,9 +82,9 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         eprintln!("report written to {}", out.join("index.html").display());
     }
     if args.json {
-        print!("{}", crate::report::json(&diff)?);
+        super::common::print_out(&crate::report::json(&diff)?)?;
     } else {
-        print!("{}", crate::report::terminal::render(&diff));
+        super::common::print_out(&crate::report::terminal::render(&diff))?;
     }
     Ok(
         if args.fail_on_divergence && diff.verdict.kind == "diverged" {

@@ -30,21 +30,21 @@ pub struct GateArgs {
 pub fn run(a: GateArgs) -> Result<i32> {
     let report = gate::run_gate(&a.config, a.update_baseline)?;
     if let Some(p) = &a.junit {
-        crate::util::write_atomic(p, report.junit().as_bytes())?;
+        crate::outputs::write_file(p, report.junit().as_bytes(), "--junit")?;
     }
     if let Some(p) = &a.markdown {
-        crate::util::write_atomic(p, report.markdown().as_bytes())?;
+        crate::outputs::write_file(p, report.markdown().as_bytes(), "--markdown")?;
     }
     if a.json {
         print_json(&report)?;
     } else {
-        print!("{}", report.lines());
+        super::common::print_out(&report.lines())?;
         if a.update_baseline {
-            println!("baseline updated in {}", a.config.display());
+            super::common::print_out(&format!("baseline updated in {}\n", a.config.display()))?;
         }
         if a.markdown.is_none() {
-            println!();
-            print!("{}", report.markdown());
+            super::common::print_out("\n")?;
+            super::common::print_out(&report.markdown())?;
         }
     }
     Ok(if report.passed { 0 } else { 1 })

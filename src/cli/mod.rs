@@ -60,6 +60,7 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(err) if common::is_broken_pipe(&err) => 0,
         Err(err) => {
             eprintln!("error: {err:#}");
             2

@@ -26,12 +26,15 @@ pub enum FixtureKind {
 }
 
 pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
+    // Only an earlier fixture (or nothing) is replaced: never a user's model.
+    let stage = crate::outputs::StagedDir::begin(&a.out, crate::outputs::OutputKind::Fixture, "--out")?;
     match a.kind {
-        FixtureKind::Csm => fixture::write_fixture(&a.out, a.seed)?,
-        FixtureKind::Llama => fixture::write_llama_fixture(&a.out, a.seed)?,
+        FixtureKind::Csm => fixture::write_fixture(stage.path(), a.seed)?,
+        FixtureKind::Llama => fixture::write_llama_fixture(stage.path(), a.seed)?,
     }
-    println!(
-        "wrote the tiny {} fixture (seed {}) to {}{}",
+    stage.commit()?;
+    super::common::print_out(&format!(
+        "wrote the tiny {} fixture (seed {}) to {}{}\n",
         if a.kind == FixtureKind::Csm {
             "CSM"
         } else {
@@ -44,7 +47,7 @@ pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
         } else {
             ""
         }
-    );
+    ))?;
     Ok(0)
 }
 
@@ -53,7 +56,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Audio frames to generate after the prompt.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub frames: usize,
     /// Prompt text.
     #[arg(long, default_value = "Hello from csm-parity.")]
@@ -64,13 +67,13 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
     pub backend: BackendChoice,
     /// Largest |mlx − torch| logit allowed [default: 1e-4 for f32, 1e-1 for f16, 5e-1 for bf16].
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
     pub atol: Option<f64>,
     /// Cache check, per (frame, codebook) row: max|cached − recomputed| ≤ cache-atol +
     /// cache-rtol·max|recomputed| (f32 rounding grows with the logits' magnitude).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value = "1e-5", value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
     pub cache_atol: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value = "1e-6", value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
     pub cache_rtol: f64,
     /// Print the report as JSON.
     #[arg(long)]
@@ -97,7 +100,7 @@ pub fn run_verify(a: VerifyArgs) -> Result<i32> {
     if a.json {
         print_json(&report)?;
     } else {
-        print!("{}", report.render());
+        super::common::print_out(&report.render())?;
     }
     Ok(if report.passed { 0 } else { 1 })
 }
@@ -115,7 +118,7 @@ pub fn run_inspect(a: InspectArgs) -> Result<i32> {
     if a.json {
         print_json(&ins)?;
     } else {
-        print!("{}", ins.render());
+        super::common::print_out(&ins.render())?;
     }
     Ok(if ins.ok { 0 } else { 1 })
 }
@@ -131,7 +134,7 @@ pub struct ConformArgs {
     #[arg(long, value_parser = parse_layout)]
     pub layout: Option<Layout>,
     /// Largest |ours − reference| logit allowed.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value = "1e-4", value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
     pub atol: f64,
     #[arg(long)]
     pub json: bool,
@@ -147,7 +150,7 @@ pub fn run_conform(a: ConformArgs) -> Result<i32> {
     if a.json {
         print_json(&report)?;
     } else {
-        print!("{}", report.render());
+        super::common::print_out(&report.render())?;
     }
     Ok(if report.conforms { 0 } else { 1 })
 }
@@ -163,14 +166,14 @@ pub struct SelftestArgs {
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Frames per case (enough for rare events such as a sampled token in 1..31).
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, allow_negative_numbers = true)]
     pub max_frames: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, allow_negative_numbers = true)]
     pub seed: u64,
-    #[arg(long, default_value = "0.9", value_parser = crate::sampling::parse_temperature)]
+    #[arg(long, default_value = "0.9", value_parser = crate::sampling::parse_temperature, allow_negative_numbers = true)]
     pub temp: f64,
     /// Odd k puts the k-th value inside a pair of tied logits more often (topk-exact).
-    #[arg(long = "top-k", default_value = "5", value_parser = crate::sampling::parse_top_k)]
+    #[arg(long = "top-k", default_value = "5", value_parser = crate::sampling::parse_top_k, allow_negative_numbers = true)]
     pub top_k: usize,
     #[arg(long, default_value = "hi")]
     pub text: String,
@@ -192,9 +195,7 @@ pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
     } else {
         a.faults
     };
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out)?;
-    }
+    crate::outputs::claim_dir(&a.out, crate::outputs::OutputKind::Selftest, "--out")?;
     let o = crate::selftest::SelftestOptions {
         max_frames: a.max_frames,
         seed: a.seed,
@@ -208,7 +209,7 @@ pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
     if a.json {
         print_json(&report)?;
     } else {
-        print!("{}", report.render());
+        super::common::print_out(&report.render())?;
     }
     Ok(if report.all_pass { 0 } else { 1 })
 }

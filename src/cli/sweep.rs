@@ -89,7 +89,7 @@ fn merge(m: MergeArgs) -> Result<i32> {
     if m.json {
         print_json(&serde_json::json!({ "result": r }))?;
     } else {
-        print!("{}", output::terminal(&r));
+        super::common::print_out(&output::terminal(&r))?;
         eprintln!("merged sweep written to {}", m.out.display());
     }
     Ok(0)
@@ -138,17 +138,17 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
     );
     match (result, a.shard) {
         (Some(r), _) => {
-            print!("{}", output::terminal(&r));
+            super::common::print_out(&output::terminal(&r))?;
             eprintln!("sweep written to {}", a.out.display());
         }
-        (None, Some(s)) => println!(
-            "shard {}/{} done: {} of {} jobs stored in {}; combine with `csm-parity sweep merge DIR... --out DIR`",
+        (None, Some(s)) => super::common::print_out(&format!(
+            "shard {}/{} done: {} of {} jobs stored in {}; combine with `csm-parity sweep merge DIR... --out DIR`\n",
             s.index,
             s.count,
             stats.jobs_in_shard,
             stats.jobs_total,
             a.out.join("jobs").display()
-        ),
+        ))?,
         (None, None) => {}
     }
     Ok(0)

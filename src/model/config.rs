@@ -126,6 +126,39 @@ impl LlamaFlavor {
                 self.embed_dim
             );
         }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.norm_eps) {
+            bail!(
+                "{what}: norm_eps {} must be a finite number > 0 (every RMSNorm would divide by zero or NaN)",
+                self.norm_eps
+            );
+        }
+        if !positive(self.rope_base) {
+            bail!(
+                "{what}: rope_base {} must be a finite number > 0 (RoPE frequencies would be NaN)",
+                self.rope_base
+            );
+        }
+        if self.max_seq_len == 0 {
+            bail!("{what}: max_seq_len must be at least 1");
+        }
+        if let Some(s) = &self.rope_scaling {
+            if !positive(s.factor)
+                || !positive(s.low_freq_factor)
+                || !positive(s.high_freq_factor)
+                || s.high_freq_factor <= s.low_freq_factor
+                || s.original_max_position_embeddings == 0
+            {
+                bail!(
+                    "{what}: RoPE scaling (factor {}, low_freq_factor {}, high_freq_factor {}, original context {}) \
+                     needs finite factors > 0, high_freq_factor > low_freq_factor and an original context ≥ 1",
+                    s.factor,
+                    s.low_freq_factor,
+                    s.high_freq_factor,
+                    s.original_max_position_embeddings
+                );
+            }
+        }
         Ok(())
     }
 }

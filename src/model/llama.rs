@@ -25,14 +25,21 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
-fn token_ids(v: Option<&Value>) -> Vec<u32> {
+/// A token id or a list of them (`eos_token_id`); `null`/absent is none; anything else is an
+/// error naming `key`.
+fn token_ids(v: Option<&Value>, key: &str, what: &str) -> Result<Vec<u32>> {
+    let one = |x: &Value| {
+        x.as_u64()
+            .filter(|&n| n <= u32::MAX as u64)
+            .map(|n| n as u32)
+            .with_context(|| {
+                format!("{what}: \"{key}\" must be a token id (a non-negative integer) or a list of them, found {x}")
+            })
+    };
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
-        _ => vec![],
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => a.iter().map(one).collect(),
+        Some(x) => Ok(vec![one(x)?]),
     }
 }
 
@@ -62,11 +69,10 @@ impl LlamaConfig {
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            bos_token_id: v
-                .get("bos_token_id")
-                .and_then(Value::as_u64)
-                .map(|x| x as u32),
-            eos_token_ids: token_ids(v.get("eos_token_id")),
+            bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id", what)?
+                .first()
+                .copied(),
+            eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id", what)?,
         })
     }
 
@@ -224,12 +230,19 @@ pub struct LlamaModel {
 impl LlamaModel {
     /// Loads `dir`, and the LoRA adapter in `adapter` when given.
     pub fn load(dir: &Path, adapter: Option<&Path>) -> Result<Self> {
+        Self::load_with(dir, adapter, None)
+    }
+
+    /// [`LlamaModel::load`] with an explicit tokenizer file; config, tokenizer and EOS ids are
+    /// checked before any weight is read.
+    pub fn load_with(dir: &Path, adapter: Option<&Path>, tokenizer: Option<&Path>) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("cannot read model config {}", cfg_path.display()))?;
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
         let config = LlamaConfig::from_json(&v, &cfg_path.display().to_string())?;
+        let tokenizer = super::load_tokenizer(dir, tokenizer)?;
         let files = weight_files(dir)?;
         let (raw, sha256) = read_safetensors(&files)?;
         let expected: BTreeMap<String, Vec<usize>> =
@@ -270,18 +283,16 @@ impl LlamaModel {
                 }
             );
         }
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = if tok_path.is_file() {
-            Some(PromptTokenizer::from_file(&tok_path)?)
-        } else {
-            None
-        };
         let mut eos_ids = config.eos_token_ids.clone();
         let gen_path = dir.join("generation_config.json");
         if gen_path.is_file() {
             let g: Value = serde_json::from_str(&std::fs::read_to_string(&gen_path)?)
                 .with_context(|| format!("{}: not valid JSON", gen_path.display()))?;
-            eos_ids.extend(token_ids(g.get("eos_token_id")));
+            eos_ids.extend(token_ids(
+                g.get("eos_token_id"),
+                "eos_token_id",
+                &gen_path.display().to_string(),
+            )?);
         }
         if eos_ids.is_empty() {
             if let Some(tok) = &tokenizer {

@@ -25,15 +25,16 @@ pub struct CsmModel {
 
 impl CsmModel {
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, None)
+    }
+
+    /// Loads `dir` with the tokenizer `tokenizer` (default: `dir/tokenizer.json` when present).
+    /// The config and the tokenizer are read and checked before any weight is.
+    pub fn load_with(dir: &Path, tokenizer: Option<&Path>) -> Result<Self> {
         let config = CsmConfig::from_file(&dir.join("config.json"))
             .with_context(|| format!("loading the model in {}", dir.display()))?;
+        let tokenizer = load_tokenizer(dir, tokenizer)?;
         let weights = weights::load_csm(dir, &config)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = if tok_path.is_file() {
-            Some(PromptTokenizer::from_file(&tok_path)?)
-        } else {
-            None
-        };
         Ok(CsmModel {
             dir: dir.to_path_buf(),
             config,
@@ -58,4 +59,43 @@ impl CsmModel {
         )?;
         Ok((ids, frames))
     }
+}
+
+/// The tokenizer of a model directory: `explicit` (`--tokenizer FILE`, which must exist), else
+/// `dir/tokenizer.json` when present, else none.
+pub fn load_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<Option<PromptTokenizer>> {
+    match explicit {
+        Some(p) => {
+            if !p.is_file() {
+                anyhow::bail!("--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)", p.display());
+            }
+            Ok(Some(PromptTokenizer::from_file(p).with_context(|| format!("--tokenizer {}", p.display()))?))
+        }
+        None => {
+            let p = dir.join("tokenizer.json");
+            if p.is_file() {
+                Ok(Some(PromptTokenizer::from_file(&p)?))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Fails fast, before any weight is read, when a text prompt needs a tokenizer that is not
+/// there.
+pub fn require_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<()> {
+    if explicit.is_none() && !dir.join("tokenizer.json").is_file() {
+        anyhow::bail!(
+            "{}: no tokenizer.json, and a text prompt needs one; pass --tokenizer FILE (CSM-1B uses \
+             the Llama-3.2 tokenizer.json, e.g. from meta-llama/Llama-3.2-1B)",
+            dir.display()
+        );
+    }
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            anyhow::bail!("--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)", p.display());
+        }
+    }
+    Ok(())
 }

@@ -52,49 +52,19 @@ pub fn json(diff: &Diff) -> Result<String> {
 }
 
 /// Writes index.html, report.md, report.json and the plots (PNG + SVG) into `dir`, atomically:
-/// everything goes to a temporary sibling directory that replaces `dir` at the end.
+/// everything goes to a temporary sibling directory that replaces `dir` at the end. Only a
+/// missing or empty `dir` or an earlier report is replaced; a run directory, a file or a folder
+/// csm-parity did not write is refused (see [`crate::outputs`]).
 pub fn write_report_dir(diff: &Diff, dir: &Path) -> Result<PathBuf> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("{}: cannot create", parent.display()))?;
-    let name = dir
-        .file_name()
-        .with_context(|| format!("--report {}: not a directory name", dir.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let result = (|| -> Result<()> {
-        let plots = plots::render_all(diff, &tmp)?;
+    let stage = crate::outputs::StagedDir::begin(dir, crate::outputs::OutputKind::Report, "--report")?;
+    let tmp = stage.path();
+    (|| -> Result<()> {
+        let plots = plots::render_all(diff, tmp)?;
         std::fs::write(tmp.join("report.md"), markdown::render(diff, &plots))?;
         std::fs::write(tmp.join("report.json"), json(diff)?)?;
         std::fs::write(tmp.join("index.html"), html::render(diff, &plots)?)?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("writing report {}", dir.display())));
-    }
-    if dir.exists() {
-        let old = parent.join(format!(
-            ".{}.old{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::rename(dir, &old)
-            .with_context(|| format!("{}: cannot replace existing report", dir.display()))?;
-        std::fs::rename(&tmp, dir)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, dir)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
-    }
-    Ok(dir.to_path_buf())
+    })()
+    .with_context(|| format!("writing report {}", dir.display()))?;
+    stage.commit()
 }

@@ -196,6 +196,10 @@ pub struct SharedMetrics {
     pub divergence_stage: Option<String>,
     /// Largest |logit A − logit B| over the comparable steps (only when logits are recorded).
     pub max_logit_diff: Option<f64>,
+    /// Non-finite values (NaN/Inf) either pipeline produced, as the captures' manifests record
+    /// them (`torch: non-finite logits …`); empty when every value was finite.
+    #[serde(default)]
+    pub nonfinite: Vec<String>,
 }
 
 impl SharedMetrics {
@@ -301,6 +305,7 @@ pub fn run_job(
             progress: false,
             inject: None,
             chat: false,
+            force: false,
         })
     };
     // Metrics only: no bootstrap inside the per-job diffs (the sweep bootstraps over jobs).
@@ -308,9 +313,14 @@ pub fn run_job(
         resamples: 0,
         ..DiffOptions::default()
     };
-    let diff_of = |sub: &str| -> Result<analysis::Diff> {
+    let mut nonfinite = Vec::new();
+    let mut diff_of = |sub: &str| -> Result<analysis::Diff> {
         let a = Run::open(&dir.join(sub).join(kinds[0].name()))?;
         let b = Run::open(&dir.join(sub).join(kinds[1].name()))?;
+        for r in [&a, &b] {
+            let m = r.manifest();
+            nonfinite.extend(m.warnings.iter().map(|w| format!("{} ({sub} noise): {w}", m.backend.name)));
+        }
         analysis::compare(&a, &b, &dopt)
     };
     cap(&opts(NoiseMode::Shared, "shared", settings.shared_logits)?)?;
@@ -332,6 +342,7 @@ pub fn run_job(
             divergence: ds.divergence.point.map(|p| [p.frame, p.codebook]),
             divergence_stage: ds.divergence.stage.map(|s| s.name().to_string()),
             max_logit_diff: ds.overall.logits.as_ref().map(|l| l.max_abs.max),
+            nonfinite,
         },
         native: NativeMetrics {
             hist_intersection: fin(t.hist_intersection),
