@@ -284,7 +284,8 @@ struct NonFinite {
 
 impl NonFinite {
     fn see(&mut self, frame: usize, out: &FrameOutput) {
-        let bad = |x: &Option<Vec<f32>>| x.as_ref().is_some_and(|v| v.iter().any(|x| !x.is_finite()));
+        let bad =
+            |x: &Option<Vec<f32>>| x.as_ref().is_some_and(|v| v.iter().any(|x| !x.is_finite()));
         let (l, p) = (bad(&out.logits), bad(&out.probs));
         self.logits += l as usize;
         self.probs += p as usize;
@@ -449,11 +450,8 @@ pub fn capture_with(
     }
     let (ids, prompt) = preflight(model, opts)?;
     // One writer per output directory at a time; the lock holds until the capture returns.
-    let _lock = crate::outputs::DirLock::acquire(
-        &opts.out,
-        crate::outputs::OutputKind::Capture,
-        "--out",
-    )?;
+    let _lock =
+        crate::outputs::DirLock::acquire(&opts.out, crate::outputs::OutputKind::Capture, "--out")?;
     let (c, v) = (model.codebooks(), model.vocab());
     let single = opts.backends.len() == 1;
     let mut tracks = Vec::new();
@@ -684,7 +682,8 @@ impl CaptureSummary {
         let mut s = String::new();
         let verdict = match (self.tokens_equal, self.first_token_mismatch) {
             (Some(true), _) if self.runs.iter().any(|r| !r.warnings.is_empty()) => {
-                "tokens identical, but a pipeline produced non-finite values (see WARNING)".to_string()
+                "tokens identical, but a pipeline produced non-finite values (see WARNING)"
+                    .to_string()
             }
             (Some(true), _) => "tokens identical".to_string(),
             (_, Some([f, c])) => format!("first token mismatch at frame {f}, codebook {c}"),
@@ -710,7 +709,11 @@ impl CaptureSummary {
         }
         for r in &self.runs {
             for w in &r.warnings {
-                let _ = writeln!(s, "  WARNING {}: {w} — these steps compare as failures", r.backend);
+                let _ = writeln!(
+                    s,
+                    "  WARNING {}: {w} — these steps compare as failures",
+                    r.backend
+                );
             }
         }
         for r in &self.runs {

@@ -74,14 +74,39 @@ pub fn read_npy_typed(path: &Path) -> Result<(Vec<usize>, Vec<f64>, bool)> {
     let npy = npyz::NpyFile::new(&bytes[..])?;
     let ctx = || format!("{}: cannot read the array", path.display());
     let (values, integer): (Vec<f64>, bool) = match &descr[1..] {
-        "f4" => (npy.into_vec::<f32>().with_context(ctx)?.into_iter().map(f64::from).collect(), false),
+        "f4" => (
+            npy.into_vec::<f32>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            false,
+        ),
         "f8" => (npy.into_vec::<f64>().with_context(ctx)?, false),
-        "i4" => (npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(f64::from).collect(), true),
-        "i8" => (
-            npy.into_vec::<i64>().with_context(ctx)?.into_iter().map(|v| v as f64).collect(),
+        "i4" => (
+            npy.into_vec::<i32>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
             true,
         ),
-        _ => (npy.into_vec::<u32>().with_context(ctx)?.into_iter().map(f64::from).collect(), true),
+        "i8" => (
+            npy.into_vec::<i64>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            true,
+        ),
+        _ => (
+            npy.into_vec::<u32>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            true,
+        ),
     };
     Ok((shape, values, integer))
 }
@@ -106,7 +131,10 @@ impl Case {
     /// against a model before any weight is loaded into a library.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            bail!("{}: not a directory (expected a conformance case)", dir.display());
+            bail!(
+                "{}: not a directory (expected a conformance case)",
+                dir.display()
+            );
         }
         let file = |n: &str| dir.join(n);
         let (ps, prompt, p_int) = read_npy_typed(&file("prompt_ids.npy"))?;
@@ -115,25 +143,43 @@ impl Case {
         let (ds, depth, _) = read_npy_typed(&file("depth_logits.npy"))?;
         let name = |n: &str| file(n).display().to_string();
         if ps.len() != 1 || ps[0] == 0 {
-            bail!("{}: expected shape [P] with P ≥ 1, got {ps:?}", name("prompt_ids.npy"));
+            bail!(
+                "{}: expected shape [P] with P ≥ 1, got {ps:?}",
+                name("prompt_ids.npy")
+            );
         }
         if !p_int {
-            bail!("{}: token ids must be integers (i4, i8 or u4), found floats", name("prompt_ids.npy"));
+            bail!(
+                "{}: token ids must be integers (i4, i8 or u4), found floats",
+                name("prompt_ids.npy")
+            );
         }
         let [f, c] = fs[..] else {
             bail!("{}: expected shape [F, C], got {fs:?}", name("frames.npy"));
         };
         if f == 0 || c < 2 {
-            bail!("{}: expected at least 1 frame of at least 2 codebooks, got {fs:?}", name("frames.npy"));
+            bail!(
+                "{}: expected at least 1 frame of at least 2 codebooks, got {fs:?}",
+                name("frames.npy")
+            );
         }
         if !f_int {
-            bail!("{}: audio tokens must be integers (i4, i8 or u4), found floats", name("frames.npy"));
+            bail!(
+                "{}: audio tokens must be integers (i4, i8 or u4), found floats",
+                name("frames.npy")
+            );
         }
         let [cf, v] = cs[..] else {
-            bail!("{}: expected shape [F, V] = [{f}, V], got {cs:?}", name("c0_logits.npy"));
+            bail!(
+                "{}: expected shape [F, V] = [{f}, V], got {cs:?}",
+                name("c0_logits.npy")
+            );
         };
         if cf != f || v == 0 {
-            bail!("{}: expected shape [{f}, V] (one row per frame of frames.npy), got {cs:?}", name("c0_logits.npy"));
+            bail!(
+                "{}: expected shape [{f}, V] (one row per frame of frames.npy), got {cs:?}",
+                name("c0_logits.npy")
+            );
         }
         if ds != [f, c - 1, v] {
             bail!(
@@ -145,7 +191,11 @@ impl Case {
         }
         for (n, x) in [("c0_logits.npy", &c0), ("depth_logits.npy", &depth)] {
             if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                bail!("{}: reference value {i} (flat index) is {}; a reference must be finite", name(n), x[i]);
+                bail!(
+                    "{}: reference value {i} (flat index) is {}; a reference must be finite",
+                    name(n),
+                    x[i]
+                );
             }
         }
         for (n, x) in [("prompt_ids.npy", &prompt), ("frames.npy", &frames)] {
@@ -189,19 +239,22 @@ impl Case {
                 cfg.audio_vocab_size
             );
         }
-        if let Some(t) = self.prompt_ids.iter().find(|&&t| t as usize >= cfg.text_vocab_size) {
+        if let Some(t) = self
+            .prompt_ids
+            .iter()
+            .find(|&&t| t as usize >= cfg.text_vocab_size)
+        {
             bail!(
                 "{}: token id {t} is outside the model's text vocab of {}",
                 name("prompt_ids.npy"),
                 cfg.text_vocab_size
             );
         }
-        if let Some((f, t)) = self
-            .frames
-            .iter()
-            .enumerate()
-            .find_map(|(f, r)| r.iter().find(|&&t| t as usize >= cfg.audio_vocab_size).map(|t| (f, t)))
-        {
+        if let Some((f, t)) = self.frames.iter().enumerate().find_map(|(f, r)| {
+            r.iter()
+                .find(|&&t| t as usize >= cfg.audio_vocab_size)
+                .map(|t| (f, t))
+        }) {
             bail!(
                 "{}: frame {f} holds token {t}, outside the model's audio vocab of {}",
                 name("frames.npy"),

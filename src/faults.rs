@@ -76,6 +76,21 @@ impl Fault {
     }
 }
 
+impl Fault {
+    /// Where `bisect` must locate a model-stage fault: the component of the first departing
+    /// activation tap, and a phrase its location contains (`layer 0`, `depth decoder`).
+    pub fn expected_location(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Fault::RopeHalves | Fault::NoRopeScaling => Some(("RoPE", "layer 0")),
+            Fault::DecoderPosReset => Some(("RoPE", "depth decoder")),
+            Fault::WrongPosition => Some(("head input", "")),
+            Fault::Bf16Logits => Some(("head logits", "head of codebook 0")),
+            Fault::ContextLoss => Some(("attention", "layer 0")),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -417,9 +417,10 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
         nonfinite: results
             .iter()
             .flat_map(|r| {
-                r.shared.nonfinite.iter().map(move |w| {
-                    format!("text {} seed {}: {w}", r.job.text_index, r.job.seed)
-                })
+                r.shared
+                    .nonfinite
+                    .iter()
+                    .map(move |w| format!("text {} seed {}: {w}", r.job.text_index, r.job.seed))
             })
             .collect(),
     };

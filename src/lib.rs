@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod backend;
+pub mod bisect;
 pub mod capture;
 pub mod capture_run;
 pub mod cli;

@@ -53,7 +53,9 @@ pub enum Existing {
     /// A directory carrying our marker of this kind.
     Ours(String),
     /// A run directory (manifest.json with csm-parity's run format), complete or not.
-    Run { complete: bool },
+    Run {
+        complete: bool,
+    },
     /// A file, symlink to a file, device…
     NotADir,
     /// A directory we did not write.
@@ -200,10 +202,16 @@ impl Drop for StagedDir {
 pub fn claim_dir(dir: &Path, kind: OutputKind, flag: &str) -> Result<()> {
     check_replaceable(dir, kind, flag)?;
     if let Existing::Ours(_) = existing(dir)? {
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("{flag} {}: cannot clear the previous {}", dir.display(), kind.name()))?;
+        std::fs::remove_dir_all(dir).with_context(|| {
+            format!(
+                "{flag} {}: cannot clear the previous {}",
+                dir.display(),
+                kind.name()
+            )
+        })?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{flag} {}: cannot create", dir.display()))?;
     std::fs::write(dir.join(MARKER), kind.name())
         .with_context(|| format!("{flag} {}: cannot write", dir.display()))
 }
@@ -213,17 +221,21 @@ pub fn claim_dir(dir: &Path, kind: OutputKind, flag: &str) -> Result<()> {
 pub fn replace_dir(new: &Path, target: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(target);
     if meta.is_err() {
-        return std::fs::rename(new, target).with_context(|| {
-            format!("cannot rename {} to {}", new.display(), target.display())
-        });
+        return std::fs::rename(new, target)
+            .with_context(|| format!("cannot rename {} to {}", new.display(), target.display()));
     }
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     let old = parent_of(target).join(format!(".{name}.old{}", std::process::id()));
-    std::fs::rename(target, &old)
-        .with_context(|| format!("{}: cannot move the previous output aside", target.display()))?;
+    std::fs::rename(target, &old).with_context(|| {
+        format!(
+            "{}: cannot move the previous output aside",
+            target.display()
+        )
+    })?;
     if let Err(e) = std::fs::rename(new, target) {
         let _ = std::fs::rename(&old, target);
-        return Err(e).with_context(|| format!("{}: cannot put the new output in place", target.display()));
+        return Err(e)
+            .with_context(|| format!("{}: cannot put the new output in place", target.display()));
     }
     std::fs::remove_dir_all(&old)
         .with_context(|| format!("{}: cannot remove the previous output", old.display()))
@@ -379,8 +391,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("out");
         let a = DirLock::acquire(&d, OutputKind::Capture, "--out").unwrap();
-        let e = DirLock::acquire(&d, OutputKind::Capture, "--out").err().unwrap();
-        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        let e = DirLock::acquire(&d, OutputKind::Capture, "--out")
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
         drop(a);
         DirLock::acquire(&d, OutputKind::Capture, "--out").unwrap();
     }
@@ -393,7 +411,10 @@ mod tests {
         let link = t.path().join("link.xml");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         write_file(&link, b"new", "--junit").unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
         write_file(Path::new("/dev/null"), b"x", "--junit").unwrap();
         assert!(write_file(t.path(), b"x", "--junit").is_err());

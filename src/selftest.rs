@@ -28,6 +28,14 @@ pub struct SelftestRow {
     /// Name and value of the number that shows the size of the effect.
     pub headline: String,
     pub headline_value: f64,
+    /// Model-stage faults (and the clean pair): what `bisect` located — the component of the
+    /// first departing activation tap and where (`RoPE @ backbone layer 0`), `none` when no
+    /// tap departs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub located: Option<String>,
+    /// What `bisect` must locate (`RoPE @ layer 0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_location: Option<String>,
     pub pass: bool,
 }
 
@@ -150,7 +158,36 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
         };
         crate::report::write_report_dir(&d, &dir.join("report"))?;
         let expected = fault.map_or("none", |f| f.expected_stage());
-        rows.push(row(name, expected, &d, teacher.as_ref()));
+        let mut r = row(name, expected, &d, teacher.as_ref());
+        // Past "stage model": bisect must name the component (and find nothing on the clean pair).
+        let want = match fault {
+            None => Some(("none", "")),
+            Some(f) => f.expected_location(),
+        };
+        if let Some((component, place)) = want {
+            let bis = crate::bisect::bisect_with(
+                model,
+                &a,
+                &b,
+                &crate::bisect::BisectOptions::default(),
+            )?;
+            let got = match (&bis.component, &bis.location) {
+                (Some(c), Some(l)) => format!("{c} @ {l}"),
+                _ => "none".to_string(),
+            };
+            let ok = match (&bis.component, &bis.location) {
+                (Some(c), Some(l)) => c == component && l.contains(place),
+                _ => component == "none",
+            };
+            r.expected_location = Some(if place.is_empty() {
+                component.to_string()
+            } else {
+                format!("{component} @ {place}")
+            });
+            r.located = Some(got);
+            r.pass &= ok;
+        }
+        rows.push(r);
     }
     // A backend against itself: the clean reference run diffed with itself.
     let clean = Run::open(&o.out.join("clean").join("torch"))?;
@@ -187,6 +224,8 @@ fn row(
         verdict: d.verdict.line.clone(),
         headline,
         headline_value,
+        located: None,
+        expected_location: None,
     }
 }
 
@@ -208,9 +247,9 @@ impl SelftestReport {
         );
         let _ = writeln!(
             s,
-            "| case | expected | detected | stage reported | first divergence | effect | ok |"
+            "| case | expected | detected | stage reported | first divergence | effect | bisect located | ok |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for r in &self.rows {
             let first = r
                 .first_divergence
@@ -222,7 +261,7 @@ impl SelftestReport {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} = {:.3e} | {} |",
+                "| {} | {} | {} | {} | {} | {} = {:.3e} | {} | {} |",
                 r.case,
                 r.expected_stage,
                 if r.detected { "yes" } else { "no" },
@@ -230,6 +269,7 @@ impl SelftestReport {
                 first,
                 r.headline,
                 r.headline_value,
+                r.located.as_deref().unwrap_or("–"),
                 if r.pass { "✓" } else { "✗" }
             );
         }

@@ -92,7 +92,16 @@ fn unfinished_writer_leaves_nothing_the_reader_accepts() {
             RunWriter::create(&dir, manifest(&spec), 8, 16, Storage::F32, Storage::None).unwrap();
         w.push(&recs[0]).unwrap();
         w.push(&recs[1]).unwrap();
-        // Dropped without finish: as if the process died.
+        // Dropped without finish (an error path): the writer removes its partial directory.
+    }
+    assert!(!dir.exists() && !tmp.path().join("run.partial").exists());
+    {
+        let mut w =
+            RunWriter::create(&dir, manifest(&spec), 8, 16, Storage::F32, Storage::None).unwrap();
+        w.push(&recs[0]).unwrap();
+        w.push(&recs[1]).unwrap();
+        // Never finished nor dropped: as if the process died (kill -9).
+        std::mem::forget(w);
     }
     assert!(!dir.exists());
     let partial = tmp.path().join("run.partial");
@@ -106,12 +115,22 @@ fn unfinished_writer_leaves_nothing_the_reader_accepts() {
     std::fs::rename(&partial, &renamed).unwrap();
     let err = format!("{:#}", Run::open(&renamed).unwrap_err());
     assert!(err.contains("status is \"partial\""), "{err}");
-    // A new writer at the same place removes a stale partial.
-    std::fs::create_dir(&partial).unwrap();
-    std::fs::write(partial.join("junk"), b"x").unwrap();
+    // A new writer at the same place removes a stale partial run of ours…
+    std::fs::rename(&renamed, &partial).unwrap();
     write(&dir, &spec, &recs);
     assert!(!partial.exists());
     Run::open(&dir).unwrap();
+    // …but never a `.partial` folder that holds something else.
+    let dir2 = tmp.path().join("other");
+    let partial2 = tmp.path().join("other.partial");
+    std::fs::create_dir(&partial2).unwrap();
+    std::fs::write(partial2.join("junk"), b"x").unwrap();
+    let err = RunWriter::create(&dir2, manifest(&spec), 8, 16, Storage::F32, Storage::None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a partial csm-parity run"), "{err}");
+    assert!(partial2.join("junk").exists());
 }
 
 #[test]
@@ -125,7 +144,8 @@ fn writer_refuses_non_empty_dir_and_bad_frames() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains("not a csm-parity run"), "{err}");
+    assert!(dir.join("x").exists());
     let dir2 = tmp.path().join("run2");
     let mut w =
         RunWriter::create(&dir2, manifest(&spec), 8, 16, Storage::F32, Storage::F32).unwrap();

@@ -28,11 +28,17 @@ fn mutate_bytes(bytes: &mut Vec<u8>, r: u64) {
                 *b = (mix(r ^ 2) & 0xff) as u8;
             }
         }
-        3 => bytes.extend(std::iter::repeat_n((r & 0xff) as u8, (mix(r) % 64) as usize)),
+        3 => bytes.extend(std::iter::repeat_n(
+            (r & 0xff) as u8,
+            (mix(r) % 64) as usize,
+        )),
         4 => {
             // Overwrite a digit in the header: shapes, lengths, versions.
             let head = bytes.len().min(128);
-            if let Some(i) = (0..head).map(|k| (at + k) % head).find(|&i| bytes[i].is_ascii_digit()) {
+            if let Some(i) = (0..head)
+                .map(|k| (at + k) % head)
+                .find(|&i| bytes[i].is_ascii_digit())
+            {
                 bytes[i] = b'0' + (mix(r ^ 3) % 10) as u8;
             }
         }
@@ -83,7 +89,15 @@ fn mutate_manifest(text: &str, r: u64) -> String {
         if r % 11 == 0 {
             obj.remove(key);
         } else if key == "logits_storage" || key == "probs_storage" {
-            let s = ["f32", "f16", "top:0", "top:99999999999999999999", "top:-1", "none", "bf16"];
+            let s = [
+                "f32",
+                "f16",
+                "top:0",
+                "top:99999999999999999999",
+                "top:-1",
+                "none",
+                "bf16",
+            ];
             obj.insert(key.into(), s[(mix(r ^ 9) % s.len() as u64) as usize].into());
         } else {
             obj.insert(key.into(), odd_value(mix(r ^ 5)));
@@ -164,7 +178,10 @@ fn run_reader_never_panics_on_mutated_runs() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     assert!(cases >= 100, "only {cases} mutations ran within the budget");
-    assert!(refused > 0 && opened > 0, "opened {opened}, refused {refused}: the mutations do not exercise both paths");
+    assert!(
+        refused > 0 && opened > 0,
+        "opened {opened}, refused {refused}: the mutations do not exercise both paths"
+    );
 }
 
 #[test]
@@ -181,26 +198,44 @@ fn huge_frame_count_with_matching_headers_is_refused_not_a_panic() {
     let (a, _) = common::pair(tmp.path(), &spec, |_| {});
     let huge: u64 = 1 << 62;
     let m = a.join("manifest.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
     v["frames"] = huge.into();
     std::fs::write(&m, v.to_string()).unwrap();
     // Headers that agree with the manifest's absurd frame count (the data stays small).
     write_npy(&a.join("tokens.npy"), "<i4", &[huge as usize, 2], &[0; 16]);
-    write_npy(&a.join("post_tokens.npy"), "<i4", &[huge as usize, 2], &[0; 16]);
+    write_npy(
+        &a.join("post_tokens.npy"),
+        "<i4",
+        &[huge as usize, 2],
+        &[0; 16],
+    );
     write_npy(&a.join("step_us.npy"), "<f8", &[huge as usize], &[0; 16]);
     let r = catch_unwind(|| Run::open(&a).map(|_| ()));
-    let err = r.expect("no panic").expect_err("an absurd frame count is refused");
+    let err = r
+        .expect("no panic")
+        .expect_err("an absurd frame count is refused");
     let msg = format!("{err:#}");
-    assert!(msg.contains("too large") || msg.contains("truncated") || msg.contains("shape"), "{msg}");
+    assert!(
+        msg.contains("too large") || msg.contains("truncated") || msg.contains("shape"),
+        "{msg}"
+    );
 }
 
 /// A small synthetic conformance case written with numpy-compatible headers.
 fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     let shape_s = match shape {
         [n] => format!("({n},)"),
-        s => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -231,11 +266,26 @@ fn conform_case_reader_never_panics_on_mutated_cases() {
     std::fs::create_dir_all(&base).unwrap();
     let (p, f, c, v) = (5, 4, 3, 16);
     write_npy(&base.join("prompt_ids.npy"), "<i4", &[p], &i32s(p, 20, 1));
-    write_npy(&base.join("frames.npy"), "<i4", &[f, c], &i32s(f * c, v as u64, 2));
+    write_npy(
+        &base.join("frames.npy"),
+        "<i4",
+        &[f, c],
+        &i32s(f * c, v as u64, 2),
+    );
     write_npy(&base.join("c0_logits.npy"), "<f4", &[f, v], &f32s(f * v, 3));
-    write_npy(&base.join("depth_logits.npy"), "<f4", &[f, c - 1, v], &f32s(f * (c - 1) * v, 4));
+    write_npy(
+        &base.join("depth_logits.npy"),
+        "<f4",
+        &[f, c - 1, v],
+        &f32s(f * (c - 1) * v, 4),
+    );
     csm_parity::conform::Case::load(&base).expect("the unmutated case loads");
-    let names = ["prompt_ids.npy", "frames.npy", "c0_logits.npy", "depth_logits.npy"];
+    let names = [
+        "prompt_ids.npy",
+        "frames.npy",
+        "c0_logits.npy",
+        "depth_logits.npy",
+    ];
     let t0 = Instant::now();
     let (mut ok, mut refused) = (0, 0);
     for i in 0..300u64 {
@@ -264,5 +314,8 @@ fn conform_case_reader_never_panics_on_mutated_cases() {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    assert!(ok + refused >= 100 && refused > 0, "ok {ok}, refused {refused}");
+    assert!(
+        ok + refused >= 100 && refused > 0,
+        "ok {ok}, refused {refused}"
+    );
 }

@@ -37,13 +37,20 @@ fn diff_report_refuses_to_replace_an_input_run_or_a_file() {
     let (code, _, err) = run(bin().arg("diff").arg(&a).arg(&b).arg("--report").arg(&b));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is a run directory"), "{err}");
-    assert_eq!(std::fs::read(b.join("tokens.npy")).unwrap(), before, "the input run was touched");
+    assert_eq!(
+        std::fs::read(b.join("tokens.npy")).unwrap(),
+        before,
+        "the input run was touched"
+    );
     // A file where the report directory should go.
     let file = tmp.path().join("notes.txt");
     std::fs::write(&file, "my notes").unwrap();
     let (code, _, err) = run(bin().arg("diff").arg(&a).arg(&b).arg("--report").arg(&file));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("notes.txt") && err.contains("not a directory"), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not a directory"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "my notes");
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
@@ -71,7 +78,10 @@ fn diff_report_refuses_to_replace_an_input_run_or_a_file() {
 fn writing_to_a_full_or_closed_stdout_is_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = pair(tmp.path());
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let o = bin()
         .arg("diff")
         .arg(&a)
@@ -105,10 +115,18 @@ fn writing_to_a_full_or_closed_stdout_is_not_a_panic() {
 fn tolerance_flags_reject_nan_and_negatives_naming_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = pair(tmp.path());
-    for (flag, value) in [("--atol", "nan"), ("--atol", "-1"), ("--rtol", "inf"), ("--probs-atol", "-0.5")] {
+    for (flag, value) in [
+        ("--atol", "nan"),
+        ("--atol", "-1"),
+        ("--rtol", "inf"),
+        ("--probs-atol", "-0.5"),
+    ] {
         let (code, _, err) = run(bin().arg("diff").arg(&a).arg(&b).args([flag, value]));
         assert_eq!(code, 2, "{flag} {value}");
-        assert!(err.contains(flag) && !err.contains("unexpected argument"), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && !err.contains("unexpected argument"),
+            "{flag} {value}: {err}"
+        );
     }
     let (code, _, err) = run(bin().args(["conform", "/nonexistent", "--atol", "nan"]));
     assert_eq!(code, 2);
@@ -122,9 +140,19 @@ fn junit_and_markdown_write_through_symlinks_and_devices() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("gate.toml");
     std::fs::write(&cfg, "[run]\ntexts = [\"a\"]\nseeds = [1]\ntemperature = 0.8\ntop_k = 50\nmax_frames = 2\n[thresholds]\nmax_logit_diff_max = nan\n").unwrap();
-    let (code, _, err) = run(bin().arg("gate").arg("--config").arg(&cfg).args(["--junit", "/dev/stdout"]));
-    assert_eq!(code, 2, "a NaN threshold is a config error, not a regression: {err}");
-    assert!(err.contains("max_logit_diff_max") && err.contains("finite"), "{err}");
+    let (code, _, err) = run(bin()
+        .arg("gate")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--junit", "/dev/stdout"]));
+    assert_eq!(
+        code, 2,
+        "a NaN threshold is a config error, not a regression: {err}"
+    );
+    assert!(
+        err.contains("max_logit_diff_max") && err.contains("finite"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +162,8 @@ fn config_values_that_make_every_logit_nan_are_refused() {
     let (code, _, err) = run(bin().arg("fixture").arg("--out").arg(&dir));
     assert_eq!(code, 0, "{err}");
     let cfg_path = dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     for (part, key, value) in [
         ("backbone", "rope_base", serde_json::json!(0.0)),
         ("decoder", "norm_eps", serde_json::json!(-1e-5)),
@@ -145,7 +174,10 @@ fn config_values_that_make_every_logit_nan_are_refused() {
         std::fs::write(&cfg_path, c.to_string()).unwrap();
         let (code, _, err) = run(bin().arg("inspect").arg(&dir));
         assert_eq!(code, 2, "{part}.{key}: {err}");
-        assert!(err.contains(key) || err.contains("RoPE scaling"), "{part}.{key}: {err}");
+        assert!(
+            err.contains(key) || err.contains("RoPE scaling"),
+            "{part}.{key}: {err}"
+        );
     }
 }
 
@@ -159,11 +191,18 @@ fn fixture_out_never_overwrites_a_users_model() {
     let (code, _, err) = run(bin().arg("fixture").arg("--out").arg(&user));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not written by csm-parity"), "{err}");
-    assert_eq!(std::fs::read_to_string(user.join("model.safetensors")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(user.join("model.safetensors")).unwrap(),
+        "precious"
+    );
     // An earlier fixture is ours to replace.
     let fx = tmp.path().join("fx");
     for seed in ["1", "2"] {
-        let (code, _, err) = run(bin().arg("fixture").arg("--out").arg(&fx).args(["--seed", seed]));
+        let (code, _, err) = run(bin()
+            .arg("fixture")
+            .arg("--out")
+            .arg(&fx)
+            .args(["--seed", seed]));
         assert_eq!(code, 0, "{err}");
     }
 }
@@ -178,22 +217,33 @@ fn inspect_calls_a_truncated_safetensors_file_incomplete() {
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let (code, out, err) = run(bin().arg("inspect").arg(&dir));
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("truncated") && out.contains("NOT loadable"), "{out}");
+    assert!(
+        out.contains("truncated") && out.contains("NOT loadable"),
+        "{out}"
+    );
 }
 
 #[test]
 fn llama_eos_token_id_of_the_wrong_type_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("l");
-    let (code, _, err) = run(bin().args(["fixture", "--kind", "llama", "--out"]).arg(&dir));
+    let (code, _, err) = run(bin()
+        .args(["fixture", "--kind", "llama", "--out"])
+        .arg(&dir));
     assert_eq!(code, 0, "{err}");
     let p = dir.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     c["eos_token_id"] = "x".into();
     std::fs::write(&p, c.to_string()).unwrap();
-    let err = csm_parity::model::LlamaModel::load(&dir, None).err().expect("refused");
+    let err = csm_parity::model::LlamaModel::load(&dir, None)
+        .err()
+        .expect("refused");
     let msg = format!("{err:#}");
-    assert!(msg.contains("eos_token_id") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("eos_token_id") && msg.contains("config.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -202,7 +252,8 @@ fn conform_case_errors_name_the_file() {
     let case = tmp.path().join("case");
     std::fs::create_dir(&case).unwrap();
     let npy = |name: &str, descr: &str, shape: &str, data: Vec<u8>| {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -213,15 +264,30 @@ fn conform_case_errors_name_the_file() {
         out.extend(data);
         std::fs::write(case.join(name), out).unwrap();
     };
-    let f32s = |n: usize| (0..n).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect::<Vec<u8>>();
-    let i32s = |n: usize| (0..n).flat_map(|i| (i as i32 % 5).to_le_bytes()).collect::<Vec<u8>>();
+    let f32s = |n: usize| {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let i32s = |n: usize| {
+        (0..n)
+            .flat_map(|i| (i as i32 % 5).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
     let write_good = || {
         npy("prompt_ids.npy", "<i4", "(3,)", i32s(3));
         npy("frames.npy", "<i4", "(2, 3)", i32s(6));
         npy("c0_logits.npy", "<f4", "(2, 7)", f32s(14));
         npy("depth_logits.npy", "<f4", "(2, 2, 7)", f32s(28));
     };
-    let load_err = || format!("{:#}", csm_parity::conform::Case::load(&case).err().expect("refused"));
+    let load_err = || {
+        format!(
+            "{:#}",
+            csm_parity::conform::Case::load(&case)
+                .err()
+                .expect("refused")
+        )
+    };
     write_good();
     csm_parity::conform::Case::load(&case).unwrap();
     // Truncated array.
@@ -229,7 +295,10 @@ fn conform_case_errors_name_the_file() {
     let b = std::fs::read(&p).unwrap();
     std::fs::write(&p, &b[..b.len() - 9]).unwrap();
     let e = load_err();
-    assert!(e.contains("depth_logits.npy") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("depth_logits.npy") && e.contains("truncated"),
+        "{e}"
+    );
     // Wrong vocab in c0_logits is blamed on c0_logits (depth agrees with frames).
     write_good();
     npy("c0_logits.npy", "<f4", "(3, 7)", f32s(21));
@@ -239,7 +308,10 @@ fn conform_case_errors_name_the_file() {
     write_good();
     npy("prompt_ids.npy", "<f4", "(3,)", f32s(3));
     let e = load_err();
-    assert!(e.contains("prompt_ids.npy") && e.contains("integers"), "{e}");
+    assert!(
+        e.contains("prompt_ids.npy") && e.contains("integers"),
+        "{e}"
+    );
     // NaN in the reference.
     write_good();
     let mut c0 = f32s(14);
@@ -256,7 +328,9 @@ mod with_backends {
     /// `capture` of 3 frames (unless `extra` sets --max-frames) into `out`.
     fn capture(out: &Path, extra: &[&str]) -> (i32, String, String) {
         let mut c = bin();
-        c.args(["capture", "--text", "hi", "--out"]).arg(out).args(extra);
+        c.args(["capture", "--text", "hi", "--out"])
+            .arg(out)
+            .args(extra);
         if !extra.contains(&"--max-frames") {
             c.args(["--max-frames", "3"]);
         }
@@ -273,12 +347,21 @@ mod with_backends {
         let (code, _, err) = capture(&out, &["--seed", "2"]);
         assert_eq!(code, 2);
         assert!(err.contains("--force") && err.contains("torch"), "{err}");
-        assert_eq!(std::fs::read_to_string(out.join("torch/manifest.json")).unwrap(), m1);
+        assert_eq!(
+            std::fs::read_to_string(out.join("torch/manifest.json")).unwrap(),
+            m1
+        );
         // With --force but a failing new capture (a bad frame budget): the old run survives.
         let (code, _, err) = capture(&out, &["--seed", "2", "--force", "--max-frames", "100000"]);
         assert_eq!(code, 2, "{err}");
-        assert!(err.contains("--max-frames 100000") && err.contains("use at most"), "{err}");
-        assert_eq!(std::fs::read_to_string(out.join("torch/manifest.json")).unwrap(), m1);
+        assert!(
+            err.contains("--max-frames 100000") && err.contains("use at most"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("torch/manifest.json")).unwrap(),
+            m1
+        );
         let (code, _, err) = capture(&out, &["--seed", "2", "--force"]);
         assert_eq!(code, 0, "{err}");
         let m2 = std::fs::read_to_string(out.join("torch/manifest.json")).unwrap();
@@ -302,7 +385,10 @@ mod with_backends {
             assert_eq!(code, 2, "{err}");
             assert!(err.contains("not a csm-parity run"), "{err}");
         }
-        assert_eq!(std::fs::read_to_string(out.join("torch/notes.md")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(out.join("torch/notes.md")).unwrap(),
+            "mine"
+        );
         assert!(!out.join("mlx").exists() && !out.join("mlx.partial").exists());
     }
 
@@ -313,7 +399,10 @@ mod with_backends {
         let t0 = std::time::Instant::now();
         let (code, _, err) = capture(&out, &["--max-frames", "5000"]);
         assert_eq!(code, 2, "{err}");
-        assert!(err.contains("--max-frames 5000") && err.contains("use at most"), "{err}");
+        assert!(
+            err.contains("--max-frames 5000") && err.contains("use at most"),
+            "{err}"
+        );
         assert!(!out.exists(), "the failed capture left {out:?}");
         // Checked up front: far below the time of generating thousands of frames.
         assert!(t0.elapsed().as_secs() < 30);
@@ -323,11 +412,18 @@ mod with_backends {
     fn negative_numbers_reach_the_flags_own_validation() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("cap");
-        for (flag, v) in [("--top-p", "-0.2"), ("--seed", "-5"), ("--max-frames", "-3")] {
+        for (flag, v) in [
+            ("--top-p", "-0.2"),
+            ("--seed", "-5"),
+            ("--max-frames", "-3"),
+        ] {
             let (code, _, err) = capture(&out, &[flag, v]);
             assert_eq!(code, 2, "{flag}");
             assert!(!err.contains("unexpected argument"), "{flag} {v}: {err}");
-            assert!(err.contains(flag) || err.contains("top_p") || err.contains("top-p"), "{flag} {v}: {err}");
+            assert!(
+                err.contains(flag) || err.contains("top_p") || err.contains("top-p"),
+                "{flag} {v}: {err}"
+            );
         }
     }
 
@@ -345,9 +441,19 @@ mod with_backends {
             .arg("--out")
             .arg(tmp.path().join("o")));
         assert_eq!(code, 2);
-        assert!(err.contains("--tokenizer") && err.contains("tokenizer.json"), "{err}");
+        assert!(
+            err.contains("--tokenizer") && err.contains("tokenizer.json"),
+            "{err}"
+        );
         let (code, _, err) = run(bin()
-            .args(["capture", "--text", "hi", "--tokenizer", "/nonexistent/tok.json", "--model"])
+            .args([
+                "capture",
+                "--text",
+                "hi",
+                "--tokenizer",
+                "/nonexistent/tok.json",
+                "--model",
+            ])
             .arg(&dir));
         assert_eq!(code, 2);
         assert!(err.contains("--tokenizer /nonexistent/tok.json"), "{err}");
@@ -359,7 +465,15 @@ mod with_backends {
         let out = tmp.path().join("cap");
         let spawn = || {
             bin()
-                .args(["capture", "--text", "hello there", "--max-frames", "40", "--force", "--out"])
+                .args([
+                    "capture",
+                    "--text",
+                    "hello there",
+                    "--max-frames",
+                    "40",
+                    "--force",
+                    "--out",
+                ])
                 .arg(&out)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -374,7 +488,10 @@ mod with_backends {
             let err = String::from_utf8_lossy(&o.stderr);
             no_panic(&err);
             if o.status.code() == Some(2) {
-                assert!(err.contains("another csm-parity process") && err.contains("pid"), "{err}");
+                assert!(
+                    err.contains("another csm-parity process") && err.contains("pid"),
+                    "{err}"
+                );
             }
         }
         for b in ["torch", "mlx"] {
@@ -388,7 +505,9 @@ mod with_backends {
         let mine = tmp.path().join("mine");
         std::fs::create_dir(&mine).unwrap();
         std::fs::write(mine.join("keep.txt"), "x").unwrap();
-        let (code, _, err) = run(bin().args(["selftest", "--fault", "context-loss", "--out"]).arg(&mine));
+        let (code, _, err) = run(bin()
+            .args(["selftest", "--fault", "context-loss", "--out"])
+            .arg(&mine));
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("not written by csm-parity"), "{err}");
         assert!(mine.join("keep.txt").exists());

@@ -71,6 +71,16 @@ pub struct FrameOutput {
     pub positions: usize,
 }
 
+/// One intermediate tensor recorded by an activation tap (issue 17): named identically in both
+/// backends (`backbone.layers.0.q_rope`, `decoder.cb2.layers.1.attn`, `c0.logits`, …), in
+/// execution order, copied to the host as f32 only when taps are on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tap {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
 /// A sampler outside the backend (hybrid mode: another library samples from this backend's
 /// logits): given the codebook and the host logits, returns (token, probs).
 pub type ExternalSampler<'a> = dyn FnMut(usize, &[f32]) -> Result<(i32, Vec<f32>)> + 'a;
@@ -158,6 +168,16 @@ pub trait Backend {
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>>;
     /// Backbone position (number of positions in the cache).
     fn position(&self) -> usize;
+    /// Records activation taps during the following frames (off: no tap is taken, no copy is
+    /// made). See [`Tap`].
+    fn set_taps(&mut self, on: bool) -> Result<()> {
+        let _ = on;
+        bail!("this pipeline has no activation taps")
+    }
+    /// The taps recorded since taps were switched on (or last taken), in execution order.
+    fn take_taps(&mut self) -> Result<Vec<Tap>> {
+        Ok(Vec::new())
+    }
     /// Injects a known porting bug (MLX only; the reference refuses).
     fn inject(&mut self, fault: crate::faults::Fault) -> Result<()> {
         bail!("fault injection ({fault}) is only available in the MLX pipeline")

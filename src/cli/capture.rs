@@ -84,7 +84,8 @@ pub struct CaptureArgs {
 
 pub fn run(a: CaptureArgs) -> Result<i32> {
     // Flags first: a bad value is reported before any weight is read.
-    let sampler = SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?.with_filters(a.top_p, a.min_p)?;
+    let sampler =
+        SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?.with_filters(a.top_p, a.min_p)?;
     let mut backends = a.backend.kinds()?;
     let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
     let model = loaded.as_ref();

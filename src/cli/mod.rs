@@ -1,6 +1,7 @@
 //! Thin clap front-end: each subcommand lives in its own module.
 use clap::{Parser, Subcommand};
 
+pub mod bisect;
 pub mod capture;
 pub mod common;
 pub mod diff;
@@ -36,6 +37,9 @@ pub enum Command {
     Selftest(model_cmds::SelftestArgs),
     /// Compare two run directories (or one capture directory holding torch/ and mlx/).
     Diff(diff::DiffArgs),
+    /// Replay both pipelines to the divergence step and name the first layer and operation that
+    /// departs (activation taps).
+    Bisect(bisect::BisectArgs),
     /// Sweep temperatures × top-k over seeds and texts; rank the cells by parity (`sweep merge`
     /// combines shards).
     Sweep(sweep::SweepArgs),
@@ -55,6 +59,7 @@ pub fn main() -> i32 {
         Command::Capture(a) => capture::run(a),
         Command::Selftest(a) => model_cmds::run_selftest(a),
         Command::Diff(args) => diff::run(args),
+        Command::Bisect(a) => bisect::run(a),
         Command::Sweep(a) => sweep::run(a),
         Command::Gate(a) => gate::run(a),
     };

@@ -27,7 +27,8 @@ pub enum FixtureKind {
 
 pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
     // Only an earlier fixture (or nothing) is replaced: never a user's model.
-    let stage = crate::outputs::StagedDir::begin(&a.out, crate::outputs::OutputKind::Fixture, "--out")?;
+    let stage =
+        crate::outputs::StagedDir::begin(&a.out, crate::outputs::OutputKind::Fixture, "--out")?;
     match a.kind {
         FixtureKind::Csm => fixture::write_fixture(stage.path(), a.seed)?,
         FixtureKind::Llama => fixture::write_llama_fixture(stage.path(), a.seed)?,

@@ -67,9 +67,15 @@ pub fn load_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<Option<Prom
     match explicit {
         Some(p) => {
             if !p.is_file() {
-                anyhow::bail!("--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)", p.display());
+                anyhow::bail!(
+                    "--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)",
+                    p.display()
+                );
             }
-            Ok(Some(PromptTokenizer::from_file(p).with_context(|| format!("--tokenizer {}", p.display()))?))
+            Ok(Some(
+                PromptTokenizer::from_file(p)
+                    .with_context(|| format!("--tokenizer {}", p.display()))?,
+            ))
         }
         None => {
             let p = dir.join("tokenizer.json");
@@ -94,7 +100,10 @@ pub fn require_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<()> {
     }
     if let Some(p) = explicit {
         if !p.is_file() {
-            anyhow::bail!("--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)", p.display());
+            anyhow::bail!(
+                "--tokenizer {}: no such file (expected a Hugging Face tokenizer.json)",
+                p.display()
+            );
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Output of `csm-parity diff`: terminal summary, JSON, markdown, one-page HTML with plots.
 
+pub mod bisect;
 pub mod html;
 pub mod markdown;
 pub mod plots;
@@ -56,7 +57,8 @@ pub fn json(diff: &Diff) -> Result<String> {
 /// missing or empty `dir` or an earlier report is replaced; a run directory, a file or a folder
 /// csm-parity did not write is refused (see [`crate::outputs`]).
 pub fn write_report_dir(diff: &Diff, dir: &Path) -> Result<PathBuf> {
-    let stage = crate::outputs::StagedDir::begin(dir, crate::outputs::OutputKind::Report, "--report")?;
+    let stage =
+        crate::outputs::StagedDir::begin(dir, crate::outputs::OutputKind::Report, "--report")?;
     let tmp = stage.path();
     (|| -> Result<()> {
         let plots = plots::render_all(diff, tmp)?;

@@ -319,7 +319,11 @@ pub fn run_job(
         let b = Run::open(&dir.join(sub).join(kinds[1].name()))?;
         for r in [&a, &b] {
             let m = r.manifest();
-            nonfinite.extend(m.warnings.iter().map(|w| format!("{} ({sub} noise): {w}", m.backend.name)));
+            nonfinite.extend(
+                m.warnings
+                    .iter()
+                    .map(|w| format!("{} ({sub} noise): {w}", m.backend.name)),
+            );
         }
         analysis::compare(&a, &b, &dopt)
     };

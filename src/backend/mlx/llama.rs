@@ -5,7 +5,7 @@
 //! It is a [`Backend`] with one codebook: a "frame" is one token (input rows of width 2, column
 //! 0 the token), so capture, diff, sweep and gate work on its runs unchanged.
 use super::sampler;
-use super::stack::{index1, mlx_dtype, to_array, Stack};
+use super::stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::faults::Fault;
@@ -185,7 +185,9 @@ impl Backend for MlxLlama {
             h_all.dim(1) - 1
         };
         let h = take_axis(&h_all, index1(last), 1)?.reshape(&[1, -1])?;
+        tap(&mut self.stack.taps, || "model.h_last".into(), &h);
         let logits = self.logits(&h)?;
+        tap(&mut self.stack.taps, || "head.cb0.logits".into(), &logits);
         let (tok, probs) = match external {
             Some(ext) => {
                 logits.eval()?;
@@ -220,6 +222,15 @@ impl Backend for MlxLlama {
         Ok(FrameOutput::from_host(
             flat, 1, self.vocab, req.record, positions,
         ))
+    }
+
+    fn set_taps(&mut self, on: bool) -> Result<()> {
+        self.stack.set_taps(on, "model");
+        Ok(())
+    }
+
+    fn take_taps(&mut self) -> Result<Vec<crate::backend::Tap>> {
+        host_taps(self.stack.take_taps())
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

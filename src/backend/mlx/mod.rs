@@ -10,7 +10,7 @@ use anyhow::Result;
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::{random, Array, Dtype};
-use stack::{index1, mlx_dtype, to_array, Stack};
+use stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 
 pub mod llama;
 pub(crate) mod sampler;
@@ -230,9 +230,13 @@ impl Backend for MlxCsm {
             Some(Fault::ContextLoss) if self.backbone.pos > 0 => {
                 // Only the newest frame, with the cache (and so the prompt) forgotten.
                 self.backbone.cache.iter_mut().for_each(|c| *c = None);
-                self.backbone.forward(&self.embed(req.input)?, true)?
+                let x = self.embed(req.input)?;
+                self.backbone.forward(&x, true)?
             }
-            _ => self.backbone.forward(&self.embed(req.input)?, true)?,
+            _ => {
+                let x = self.embed(req.input)?;
+                self.backbone.forward(&x, true)?
+            }
         };
         let last = if self.fault == Some(Fault::WrongPosition) {
             0
@@ -240,6 +244,7 @@ impl Backend for MlxCsm {
             h_all.dim(1) - 1
         };
         let h = take_axis(&h_all, index1(last), 1)?.reshape(&[1, -1])?; // [1, Db]
+        tap(&mut self.backbone.taps, || "backbone.h_last".into(), &h);
         let mut sampled = Vec::with_capacity(c);
         let mut logits_rows = Vec::with_capacity(c);
         let mut probs_rows = Vec::with_capacity(c);
@@ -252,7 +257,10 @@ impl Backend for MlxCsm {
                 if cb >= 2 && self.fault == Some(Fault::DecoderPosReset) {
                     self.decoder.pos = 1;
                 }
-                let out = self.decoder.forward(dec_in.as_ref().unwrap(), true)?;
+                let dec_in = dec_in.as_ref().unwrap();
+                self.decoder.name_taps(|| format!("decoder.cb{cb}"));
+                let out = self.decoder.forward(dec_in, true)?;
+                self.decoder.move_taps_to(&mut self.backbone.taps);
                 let last = out.dim(1) - 1;
                 let out = take_axis(&out, index1(last), 1)?.reshape(&[1, -1])?;
                 let head = take_axis(&self.audio_head, index1(cb as i32 - 1), 0)?
@@ -266,6 +274,11 @@ impl Backend for MlxCsm {
             } else {
                 logits
             };
+            tap(
+                &mut self.backbone.taps,
+                || format!("head.cb{cb}.logits"),
+                &logits,
+            );
             let u = match &uniforms {
                 Some(u) => Some(take_axis(u, index1(cb as i32), 0)?.reshape(&[v])?),
                 None => None,
@@ -311,6 +324,16 @@ impl Backend for MlxCsm {
         Ok(FrameOutput::from_host(
             flat, c, self.vocab, req.record, positions,
         ))
+    }
+
+    fn set_taps(&mut self, on: bool) -> Result<()> {
+        self.backbone.set_taps(on, "backbone");
+        self.decoder.set_taps(on, "decoder");
+        Ok(())
+    }
+
+    fn take_taps(&mut self) -> Result<Vec<super::Tap>> {
+        host_taps(self.backbone.take_taps())
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

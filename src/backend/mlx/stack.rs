@@ -66,6 +66,41 @@ pub(crate) struct Stack {
     pub(crate) pos: usize,
     /// torchtune's interleaved pairs (true); false is the split-halves fault.
     pub(crate) traditional: bool,
+    /// Activation taps (issue 17): `Some` while recording; names get `tap_prefix`.
+    pub(crate) taps: Option<Vec<(String, Array)>>,
+    pub(crate) tap_prefix: String,
+}
+
+/// Records `x` under `name()` when taps are on (the name is only built then; arrays are
+/// immutable, so no copy is needed).
+pub(crate) fn tap(
+    taps: &mut Option<Vec<(String, Array)>>,
+    name: impl FnOnce() -> String,
+    x: &Array,
+) {
+    if let Some(t) = taps {
+        t.push((name(), x.clone()));
+    }
+}
+
+/// The recorded taps as host f32 tensors (one evaluation for all of them).
+pub(crate) fn host_taps(taps: Vec<(String, Array)>) -> Result<Vec<crate::backend::Tap>> {
+    // Flattened (a contiguous copy: some taps are transposed views), f32.
+    let arrays: Vec<Array> = taps
+        .iter()
+        .map(|(_, a)| a.as_dtype(Dtype::Float32)?.reshape(&[-1]))
+        .collect::<std::result::Result<_, _>>()?;
+    mlx_rs::transforms::eval(arrays.iter())?;
+    taps.into_iter()
+        .zip(arrays)
+        .map(|((name, a), flat)| {
+            Ok(crate::backend::Tap {
+                name,
+                shape: a.shape().iter().map(|&d| d as usize).collect(),
+                values: flat.try_as_slice::<f32>()?.to_vec(),
+            })
+        })
+        .collect()
 }
 
 impl Stack {
@@ -105,6 +140,8 @@ impl Stack {
             cache: (0..f.num_layers).map(|_| None).collect(),
             pos: 0,
             traditional,
+            taps: None,
+            tap_prefix: String::new(),
         };
         stack.set_rope_scaling(f.rope_scaling);
         Ok(stack)
@@ -118,6 +155,32 @@ impl Stack {
         };
         let periods: Vec<f32> = f.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
         self.freqs = Array::from_slice(&periods, &[periods.len() as i32]);
+    }
+
+    /// Starts (or stops) recording taps named `prefix.…`.
+    pub(crate) fn set_taps(&mut self, on: bool, prefix: &str) {
+        self.taps = on.then(Vec::new);
+        self.tap_prefix = prefix.to_string();
+    }
+
+    /// The taps recorded so far (recording goes on while taps are on).
+    pub(crate) fn take_taps(&mut self) -> Vec<(String, Array)> {
+        let on = self.taps.is_some();
+        std::mem::replace(&mut self.taps, on.then(Vec::new)).unwrap_or_default()
+    }
+
+    /// Prefix of the following taps' names (only built while taps are on).
+    pub(crate) fn name_taps(&mut self, prefix: impl FnOnce() -> String) {
+        if self.taps.is_some() {
+            self.tap_prefix = prefix();
+        }
+    }
+
+    /// Appends this stack's recorded taps to `all` (one list in execution order).
+    pub(crate) fn move_taps_to(&mut self, all: &mut Option<Vec<(String, Array)>>) {
+        if let (Some(all), Some(mine)) = (all.as_mut(), self.taps.as_mut()) {
+            all.append(mine);
+        }
     }
 
     pub(crate) fn reset(&mut self) {
@@ -149,9 +212,13 @@ impl Stack {
         let eps = self.f.norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut h = x.clone();
+        let mut taps = self.taps.take();
+        let p = self.tap_prefix.clone();
+        tap(&mut taps, || format!("{p}.input"), x);
         for i in 0..self.layers.len() {
             let layer = &self.layers[i];
             let xn = fast::rms_norm(&h, Some(&layer.sa_norm), eps)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.attn_norm"), &xn);
             let q = xn
                 .matmul(&layer.q_t)?
                 .reshape(&[1, l, nh, hd])?
@@ -164,8 +231,13 @@ impl Stack {
                 .matmul(&layer.v_t)?
                 .reshape(&[1, l, nkv, hd])?
                 .transpose_axes(&[0, 2, 1, 3])?;
+            tap(&mut taps, || format!("{p}.layers.{i}.q"), &q);
+            tap(&mut taps, || format!("{p}.layers.{i}.k"), &k);
+            tap(&mut taps, || format!("{p}.layers.{i}.v"), &v);
             let q = self.rope(&q, start)?;
             let mut k = self.rope(&k, start)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.q_rope"), &q);
+            tap(&mut taps, || format!("{p}.layers.{i}.k_rope"), &k);
             let mut v = v;
             if cached {
                 if let Some((ck, cv)) = &self.cache[i] {
@@ -176,20 +248,32 @@ impl Stack {
             }
             let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
             let attn = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.attn"), &attn);
             let attn = attn
                 .transpose_axes(&[0, 2, 1, 3])?
                 .reshape(&[1, l, nh * hd])?
                 .matmul(&layer.o_t)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.o_proj"), &attn);
             h = h.add(&attn)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.resid_attn"), &h);
             let xn = fast::rms_norm(&h, Some(&layer.mlp_norm), eps)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.mlp_norm"), &xn);
             let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1_t)?)?;
             let up = xn.matmul(&layer.w3_t)?;
-            h = h.add(gate.multiply(&up)?.matmul(&layer.w2_t)?)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.gate"), &gate);
+            tap(&mut taps, || format!("{p}.layers.{i}.up"), &up);
+            let down = gate.multiply(&up)?.matmul(&layer.w2_t)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.down"), &down);
+            h = h.add(down)?;
+            tap(&mut taps, || format!("{p}.layers.{i}.resid_mlp"), &h);
         }
         if cached {
             self.pos += l as usize;
         }
-        Ok(fast::rms_norm(&h, Some(&self.norm), eps)?)
+        let out = fast::rms_norm(&h, Some(&self.norm), eps)?;
+        tap(&mut taps, || format!("{p}.final_norm"), &out);
+        self.taps = taps;
+        Ok(out)
     }
 
     pub(crate) fn cache_arrays(&self) -> Vec<&Array> {

@@ -4,7 +4,7 @@
 //!
 //! A [`Backend`] with one codebook: a "frame" is one token (rows of width 2, column 0 the token).
 use super::sampler;
-use super::stack::{kind_of, to_tensor, Stack};
+use super::stack::{host_taps, kind_of, tap, to_tensor, Stack};
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::model::llama::hf_key;
@@ -130,7 +130,9 @@ impl Backend for TorchLlama {
             .stack
             .forward(&self.embed(req.input)?, true)
             .select(1, -1);
+        tap(&mut self.stack.taps, || "model.h_last".into(), &h);
         let logits = self.logits(&h);
+        tap(&mut self.stack.taps, || "head.cb0.logits".into(), &logits);
         let (tok, probs) = match external {
             Some(ext) => {
                 let (t, p) = ext(0, &Vec::<f32>::try_from(&logits)?)?;
@@ -160,6 +162,15 @@ impl Backend for TorchLlama {
         Ok(FrameOutput::from_host(
             &flat, 1, self.vocab, req.record, positions,
         ))
+    }
+
+    fn set_taps(&mut self, on: bool) -> Result<()> {
+        self.stack.set_taps(on, "model");
+        Ok(())
+    }
+
+    fn take_taps(&mut self) -> Result<Vec<crate::backend::Tap>> {
+        host_taps(self.stack.take_taps())
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

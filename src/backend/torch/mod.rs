@@ -5,7 +5,7 @@ use crate::capture::BackendInfo;
 use crate::model::{CsmModel, DType, Frames};
 use crate::sampling::SamplerSpec;
 use anyhow::Result;
-use stack::{kind_of, to_tensor, Stack};
+use stack::{host_taps, kind_of, tap, to_tensor, Stack};
 use tch::{Device, Kind, Tensor};
 
 pub mod llama;
@@ -173,6 +173,7 @@ impl Backend for TorchCsm {
         let x = self.embed(req.input);
         let h_all = self.backbone.forward(&x, true);
         let h = h_all.select(1, -1); // [1, Db]
+        tap(&mut self.backbone.taps, || "backbone.h_last".into(), &h);
         let mut sampled = Vec::with_capacity(c);
         let mut logits_rows = Vec::with_capacity(c);
         let mut probs_rows = Vec::with_capacity(c);
@@ -182,11 +183,18 @@ impl Backend for TorchCsm {
             let logits = if cb == 0 {
                 h.linear::<Tensor>(&self.c0_head, None)
             } else {
+                self.decoder.name_taps(|| format!("decoder.cb{cb}"));
                 let out = self.decoder.forward(&dec_in, true).select(1, -1);
+                self.decoder.move_taps_to(&mut self.backbone.taps);
                 out.matmul(&self.audio_head.get(cb as i64 - 1))
             }
             .to_kind(Kind::Float)
             .view([v]);
+            tap(
+                &mut self.backbone.taps,
+                || format!("head.cb{cb}.logits"),
+                &logits,
+            );
             let u = uniforms.as_ref().map(|u| u.get(cb as i64));
             let (tok, probs) = match external.as_mut() {
                 Some(ext) => {
@@ -224,6 +232,16 @@ impl Backend for TorchCsm {
         Ok(FrameOutput::from_host(
             &flat, c, self.vocab, req.record, positions,
         ))
+    }
+
+    fn set_taps(&mut self, on: bool) -> Result<()> {
+        self.backbone.set_taps(on, "backbone");
+        self.decoder.set_taps(on, "decoder");
+        Ok(())
+    }
+
+    fn take_taps(&mut self) -> Result<Vec<super::Tap>> {
+        host_taps(self.backbone.take_taps())
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {

@@ -38,6 +38,46 @@ pub(crate) struct Stack {
     pub(crate) pos: usize,
     /// RoPE on interleaved pairs (torchtune, CSM); false rotates split halves (HF Llama).
     pub(crate) traditional: bool,
+    /// Activation taps (issue 17): `Some` while recording; names get `tap_prefix`.
+    pub(crate) taps: Option<Vec<(String, Tensor)>>,
+    pub(crate) tap_prefix: String,
+}
+
+/// Records `x` under `name()` when taps are on (the name is only built then).
+pub(crate) fn tap(
+    taps: &mut Option<Vec<(String, Tensor)>>,
+    name: impl FnOnce() -> String,
+    x: &Tensor,
+) {
+    if let Some(t) = taps {
+        t.push((name(), x.shallow_clone()));
+    }
+}
+
+/// [`tap`] of a value computed only when taps are on (e.g. a copy of a tensor updated in place).
+pub(crate) fn tap_with(
+    taps: &mut Option<Vec<(String, Tensor)>>,
+    name: impl FnOnce() -> String,
+    x: impl FnOnce() -> Tensor,
+) {
+    if let Some(t) = taps {
+        t.push((name(), x()));
+    }
+}
+
+/// The recorded taps as host f32 tensors.
+pub(crate) fn host_taps(taps: Vec<(String, Tensor)>) -> anyhow::Result<Vec<crate::backend::Tap>> {
+    taps.into_iter()
+        .map(|(name, t)| {
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1]))?;
+            Ok(crate::backend::Tap {
+                name,
+                shape,
+                values,
+            })
+        })
+        .collect()
 }
 
 impl Stack {
@@ -70,7 +110,35 @@ impl Stack {
             cache: (0..f.num_layers).map(|_| None).collect(),
             pos: 0,
             traditional,
+            taps: None,
+            tap_prefix: String::new(),
         })
+    }
+
+    /// Starts (or stops) recording taps named `prefix.…`.
+    pub(crate) fn set_taps(&mut self, on: bool, prefix: &str) {
+        self.taps = on.then(Vec::new);
+        self.tap_prefix = prefix.to_string();
+    }
+
+    /// The taps recorded so far (recording goes on while taps are on).
+    pub(crate) fn take_taps(&mut self) -> Vec<(String, Tensor)> {
+        let on = self.taps.is_some();
+        std::mem::replace(&mut self.taps, on.then(Vec::new)).unwrap_or_default()
+    }
+
+    /// Prefix of the following taps' names (only built while taps are on).
+    pub(crate) fn name_taps(&mut self, prefix: impl FnOnce() -> String) {
+        if self.taps.is_some() {
+            self.tap_prefix = prefix();
+        }
+    }
+
+    /// Appends this stack's recorded taps to `all` (one list in execution order).
+    pub(crate) fn move_taps_to(&mut self, all: &mut Option<Vec<(String, Tensor)>>) {
+        if let (Some(all), Some(mine)) = (all.as_mut(), self.taps.as_mut()) {
+            all.append(mine);
+        }
     }
 
     pub(crate) fn reset(&mut self) {
@@ -118,9 +186,14 @@ impl Stack {
             self.f.head_dim as i64,
         );
         let mut h = x.shallow_clone();
+        let mut taps = self.taps.take();
+        let p = self.tap_prefix.clone();
+        // A copy: `h` below shares x's storage and is updated in place.
+        tap_with(&mut taps, || format!("{p}.input"), || x.copy());
         for i in 0..self.layers.len() {
             let layer = &self.layers[i];
             let xn = self.rms_norm(&h, &layer.sa_norm);
+            tap(&mut taps, || format!("{p}.layers.{i}.attn_norm"), &xn);
             let q = xn
                 .linear::<Tensor>(&layer.q, None)
                 .view([1, l, nh, hd])
@@ -133,8 +206,13 @@ impl Stack {
                 .linear::<Tensor>(&layer.v, None)
                 .view([1, l, nkv, hd])
                 .transpose(1, 2);
+            tap(&mut taps, || format!("{p}.layers.{i}.q"), &q);
+            tap(&mut taps, || format!("{p}.layers.{i}.k"), &k);
+            tap(&mut taps, || format!("{p}.layers.{i}.v"), &v);
             let q = self.rope(&q, start);
             let mut k = self.rope(&k, start);
+            tap(&mut taps, || format!("{p}.layers.{i}.q_rope"), &q);
+            tap(&mut taps, || format!("{p}.layers.{i}.k_rope"), &k);
             let mut v = v;
             if cached {
                 if let Some((ck, cv)) = &self.cache[i] {
@@ -172,19 +250,39 @@ impl Stack {
                 .softmax(-1, Kind::Float)
                 .matmul(&v.to_kind(Kind::Float))
                 .to_kind(h.kind());
+            tap(&mut taps, || format!("{p}.layers.{i}.attn"), &attn);
             let attn = attn
                 .transpose(1, 2)
                 .reshape([1, l, nh * hd])
                 .linear::<Tensor>(&layer.o, None);
+            tap(&mut taps, || format!("{p}.layers.{i}.o_proj"), &attn);
             h += attn;
+            tap_with(
+                &mut taps,
+                || format!("{p}.layers.{i}.resid_attn"),
+                || h.copy(),
+            );
             let xn = self.rms_norm(&h, &layer.mlp_norm);
+            tap(&mut taps, || format!("{p}.layers.{i}.mlp_norm"), &xn);
             let gate = xn.linear::<Tensor>(&layer.w1, None).silu();
             let up = xn.linear::<Tensor>(&layer.w3, None);
-            h += (gate * up).linear::<Tensor>(&layer.w2, None);
+            tap(&mut taps, || format!("{p}.layers.{i}.gate"), &gate);
+            tap(&mut taps, || format!("{p}.layers.{i}.up"), &up);
+            let down = (gate * up).linear::<Tensor>(&layer.w2, None);
+            tap(&mut taps, || format!("{p}.layers.{i}.down"), &down);
+            h += down;
+            tap_with(
+                &mut taps,
+                || format!("{p}.layers.{i}.resid_mlp"),
+                || h.copy(),
+            );
         }
         if cached {
             self.pos += l as usize;
         }
-        self.rms_norm(&h, &self.norm)
+        let out = self.rms_norm(&h, &self.norm);
+        tap(&mut taps, || format!("{p}.final_norm"), &out);
+        self.taps = taps;
+        out
     }
 }
