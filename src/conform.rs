@@ -355,7 +355,8 @@ pub fn conform_one(
                 max_depth = max_depth.max(d)
             }
             // NaN-proof: a breach unless the difference is provably within the tolerance.
-            if !(d <= atol) && first.is_none() {
+            let within = d.partial_cmp(&atol).is_some_and(|o| o.is_le());
+            if !within && first.is_none() {
                 first = Some(Breach {
                     frame: f,
                     codebook: cb,

@@ -341,7 +341,7 @@ pub fn write_file(path: &Path, bytes: &[u8], flag: &str) -> Result<()> {
                 .and_then(|_| f.flush())
                 .with_context(|| format!("{flag} {}: cannot write", path.display()))
         }
-        _ => crate::util::write_atomic(path, bytes).with_context(|| format!("{flag}")),
+        _ => crate::util::write_atomic(path, bytes).with_context(|| flag.to_string()),
     }
 }
 

@@ -86,7 +86,7 @@ fn mutate_manifest(text: &str, r: u64) -> String {
     ];
     let key = keys[(mix(r) % keys.len() as u64) as usize];
     if let Some(obj) = v.as_object_mut() {
-        if r % 11 == 0 {
+        if r.is_multiple_of(11) {
             obj.remove(key);
         } else if key == "logits_storage" || key == "probs_storage" {
             let s = [
@@ -145,10 +145,10 @@ fn run_reader_never_panics_on_mutated_runs() {
         files.sort();
         let r = mix(i ^ 0x5EED);
         let target = &files[(r % files.len() as u64) as usize];
-        if target.file_name().unwrap() == "manifest.json" && r % 2 == 0 {
+        if target.file_name().unwrap() == "manifest.json" && r.is_multiple_of(2) {
             let text = std::fs::read_to_string(target).unwrap();
             std::fs::write(target, mutate_manifest(&text, mix(r))).unwrap();
-        } else if r % 13 == 0 {
+        } else if r.is_multiple_of(13) {
             std::fs::remove_file(target).unwrap();
         } else {
             let mut bytes = std::fs::read(target).unwrap();
