@@ -16,6 +16,7 @@ pub mod gate;
 pub mod inspect;
 pub mod model;
 pub mod report;
+pub mod rescore;
 pub mod runner;
 pub mod sampling;
 pub mod selftest;
