@@ -75,6 +75,30 @@ def shared_frame_uniforms(seed, frame, codebooks, vocab):
     return np.stack([shared_uniforms(seed, frame, c, vocab) for c in range(int(codebooks))])
 
 
+def reference_sample(logits, temperature, top_k, u):
+    """The harness's reference sampler on one step (or a frame) in float32: logits [..., V],
+    shared uniforms u of the same shape. Returns (token [...] int, probs [..., V] float32).
+    logits / temperature; keep entries >= the k-th largest (ties kept); softmax;
+    token = argmax(probs / -log(u)). Temperature 0 is greedy (u unused)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if temperature == 0:
+        token = np.argmax(logits, axis=-1)
+        probs = np.zeros_like(logits)
+        np.put_along_axis(probs, token[..., None], np.float32(1), axis=-1)
+        return token, probs
+    scaled = logits / np.float32(temperature)
+    v = scaled.shape[-1]
+    if 0 < int(top_k) < v:
+        kth = np.sort(scaled, axis=-1)[..., v - int(top_k)][..., None]
+        scaled = np.where(scaled >= kth, scaled, np.float32(-np.inf))
+    e = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    q = -np.log(np.asarray(u, dtype=np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        token = np.argmax(probs / q, axis=-1)
+    return token, probs
+
+
 class RunError(Exception):
     """Bad input to the run writer."""
 
