@@ -13,6 +13,7 @@ pub mod cli;
 pub mod conform;
 pub mod faults;
 pub mod gate;
+pub mod gate_outside;
 pub mod inspect;
 pub mod model;
 pub mod report;

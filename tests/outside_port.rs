@@ -991,3 +991,103 @@ fn numpy_llama_port_is_faithful_and_its_planted_bugs_are_located() {
     assert_eq!(d.verdict.stage, Some(Stage::Model), "{}", d.verdict.line);
     assert_eq!(d.verdict.point.unwrap().frame, 0, "{}", d.verdict.line);
 }
+
+/// `gate --candidate-cmd` with the numpy Llama port: a faithful port passes; a port with
+/// context loss fails, the failing job is named with its first divergence, and its runs are
+/// kept for `diff`.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+#[test]
+fn gate_accepts_an_outside_candidate_command() {
+    let Some(_) = python() else { return };
+    let model = csm_parity::model::fixture::ensure_llama_fixture().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\n[run]\ntexts = [\"the cat sat\"]\nseeds = [3, 4]\ntemperature = 0.9\n\
+             top_k = 5\nmax_frames = 8\n\n[thresholds]\ntoken_agreement_min = 1.0\n\
+             max_logit_diff_max = 0.001\ndivergence_frame_min = 8\nhist_intersection_min = 0.5\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let port = root().join("tests/ports/numpy_llama.py");
+    let template = |noise: &str, bug: &str| {
+        format!(
+            "python3 {} --model {{model}} --out {{out}} --prompt-ids {{prompt_ids}} --tokens {{frames}} \
+             --temp {{temp}} --top-k {{top_k}} --seed {{seed}} --noise {noise} --bug {bug}",
+            port.display()
+        )
+    };
+    let gate = |cmd: String, keep: &Path| {
+        let mut c = bin();
+        c.env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                root().join("python").display(),
+                root().join(".deps/py").display()
+            ),
+        )
+        .arg("gate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--candidate-cmd")
+        .arg(cmd)
+        .arg("--keep-failed")
+        .arg(keep)
+        .output()
+        .unwrap()
+    };
+    let keep = tmp.path().join("failures");
+    let out = gate(template("shared", "none"), &keep);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("gate PASSED"), "{text}");
+    assert!(
+        text.contains("seed 4") && text.contains("no divergence"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hist_intersection"),
+        "not applicable to outside pairs: {text}"
+    );
+    assert!(!keep.exists());
+    // Context loss with the port's own noise: re-scored, located at frame 1, stage model.
+    let out = gate(template("native", "context-loss"), &keep);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("gate FAILED"), "{text}");
+    assert!(
+        text.contains("seed 3 temp 0.9 top-k 5 (native noise, re-scored): first divergence frame 1 codebook 0 (stage model)"),
+        "{text}"
+    );
+    let kept = keep.join("text0-seed3");
+    assert!(
+        text.contains(&format!(
+            "kept: csm-parity diff {}",
+            kept.join("rescored").display()
+        )),
+        "{text}"
+    );
+    Run::open(&kept.join("rescored")).unwrap();
+    Run::open(&kept.join("candidate")).unwrap();
+    // A bad placeholder is a usage error naming the flag.
+    let out = gate(
+        "python3 port.py --out {outdir}".into(),
+        &tmp.path().join("k2"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("{outdir}"));
+}

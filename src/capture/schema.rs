@@ -5,8 +5,9 @@
 //!
 //! The validator covers the keywords the schema uses: `type`, `const`, `enum`, `required`,
 //! `properties`, `items`, `minimum`, `maximum`, `minLength` and `pattern` (annotations such as
-//! `description` and `default` are not checked). `tests/run_format.rs` checks it against
-//! Python's `jsonschema` on a set of valid and invalid manifests.
+//! `description` and `default` are not checked; `x-expected` words a pattern's error).
+//! `tests/outside_port.rs` checks it against Python's `jsonschema` on a set of valid and
+//! invalid manifests.
 use super::Manifest;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -182,7 +183,10 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), SchemaE
         if let Some(p) = s.get("pattern").and_then(|p| p.as_str()) {
             let re = regex::Regex::new(p).map_err(|e| err(format!("bad schema pattern: {e}")))?;
             if !re.is_match(text) {
-                return Err(err(format!("{} does not match the pattern {p}", show(v))));
+                return Err(err(match s.get("x-expected").and_then(|x| x.as_str()) {
+                    Some(forms) => format!("{} is not valid: expected {forms}", show(v)),
+                    None => format!("{} does not match the pattern {p}", show(v)),
+                }));
             }
         }
     }
@@ -314,7 +318,7 @@ mod tests {
         assert!(e.starts_with("prompt.token_ids[1]: must be ≥ 0"), "{e}");
         let e = error_of(|v| v["probs_storage"] = json!("top:0"));
         assert!(
-            e.starts_with("probs_storage: \"top:0\" does not match"),
+            e.starts_with("probs_storage: \"top:0\" is not valid: expected f32, f16, top:N"),
             "{e}"
         );
         let e = error_of(|v| v["backend"]["name"] = json!(""));
