@@ -54,7 +54,7 @@ fn on_grid(row: &[f32]) -> bool {
         if y < 8_388_608.0 {
             y > 0.0 && (y - 0.5).fract() == 0.0
         } else {
-            y <= SCALE && y.fract() == 0.0 && (y as u64) % 2 == 0
+            y <= SCALE && y.fract() == 0.0 && (y as u64).is_multiple_of(2)
         }
     })
 }
