@@ -2,8 +2,8 @@
 //! directory (DESIGN §4) recording every step.
 use crate::backend::{self, Backend, BackendKind, FrameOutput, FrameRequest, Record};
 use crate::capture::{
-    BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter, SamplerInfo, Storage,
-    Timings,
+    f32_precision, BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter,
+    SamplerInfo, Storage, Timings,
 };
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames, LlamaModel};
@@ -93,7 +93,7 @@ impl ModelRef<'_> {
             ModelRef::Llama(m) => backend::load_llama(kind, m, dtype),
         }
     }
-    fn model_info(&self) -> ModelInfo {
+    pub fn model_info(&self) -> ModelInfo {
         match self {
             ModelRef::Csm(m) => ModelInfo {
                 kind: "csm".into(),
@@ -324,7 +324,7 @@ impl Track<'_> {
             probs: out.probs,
             step_us: us,
         };
-        self.writer.push(&rec)?;
+        self.writer.push_fed(&rec, Some(&fed))?;
         self.step_us.push(us);
         self.positions.push(out.positions as u32);
         if let Some(stop) = model.stop_of(&out.sampled) {
@@ -359,10 +359,10 @@ fn manifest_for(
         } else {
             opts.sampler.noise.name().into()
         },
-        temperature: opts.sampler.temperature as f64,
+        temperature: f32_precision(opts.sampler.temperature as f64),
         top_k: opts.sampler.top_k,
-        top_p: opts.sampler.active_top_p().map(|p| p as f64),
-        min_p: opts.sampler.active_min_p().map(|p| p as f64),
+        top_p: opts.sampler.active_top_p().map(|p| f32_precision(p as f64)),
+        min_p: opts.sampler.active_min_p().map(|p| f32_precision(p as f64)),
         seed: opts.sampler.seed,
         post: post.to_string(),
         reference: opts.reference.name().into(),

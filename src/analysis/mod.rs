@@ -380,7 +380,18 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         tokens_differ: !steps.tok_eq(i),
         post_differ: !steps.post_eq[i],
     };
-    let point_i = (0..comparable_end).find(|&i| evidence(i).any());
+    // With native noise a token mismatch is expected, not a finding: under teacher forcing or
+    // a re-score (every step comparable) the verdict names the first step whose logits or
+    // probabilities differ, and falls back to the first token mismatch only when none does.
+    let native = ma.sampler.noise == "native" || mb.sampler.noise == "native";
+    let numeric = |i: usize| {
+        let e = evidence(i);
+        e.logits_breach == Some(true) || e.probs_breach == Some(true)
+    };
+    let point_i = native
+        .then(|| (0..comparable_end).find(|&i| numeric(i)))
+        .flatten()
+        .or_else(|| (0..comparable_end).find(|&i| evidence(i).any()));
     let point = point_i.map(|i| Step::from_index(i, c_n));
     let stage = point_i.and_then(|i| divergence::attribute(&evidence(i)));
     let noise = ma.sampler.noise.as_str();

@@ -11,6 +11,7 @@ pub struct Manifest {
     /// Always [`FORMAT_NAME`].
     pub format: String,
     pub format_version: u32,
+    #[serde(default = "unknown")]
     pub tool_version: String,
     /// `complete` once the writer finished; anything else is refused by the reader.
     pub status: String,
@@ -26,7 +27,9 @@ pub struct Manifest {
     pub logits_storage: String,
     pub probs_storage: String,
     /// `eos` (an all-zero frame), `max_frames`, `eos_token` (LM) or `max_tokens` (LM).
+    #[serde(default = "unknown")]
     pub stop_reason: String,
+    #[serde(default)]
     pub timings: Timings,
     /// Decoded text of the generated tokens (plain LM runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,14 +38,54 @@ pub struct Manifest {
     /// first at frame 0"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Set by `csm-parity rescore`: this run is the reference re-scored on the tokens another
+    /// run fed its model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescore_of: Option<RescoreOf>,
+}
+
+/// `manifest.rescore_of`: which run a re-score follows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RescoreOf {
+    /// The re-scored run directory, as given on the command line.
+    pub run: String,
+    /// `backend.name` of the re-scored run.
+    #[serde(default)]
+    pub backend: String,
+    /// sha256 of the re-scored run's manifest.json, hex.
+    #[serde(default)]
+    pub manifest_sha256: String,
+}
+
+fn unknown() -> String {
+    "unknown".to_string()
+}
+
+fn f32_name() -> String {
+    "f32".to_string()
+}
+
+fn none_name() -> String {
+    "none".to_string()
+}
+
+fn torch_name() -> String {
+    "torch".to_string()
+}
+
+fn independent() -> String {
+    "independent".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendInfo {
     /// `mlx`, `torch`, or any name a foreign pipeline gives itself.
     pub name: String,
+    #[serde(default = "unknown")]
     pub library_version: String,
+    #[serde(default = "unknown")]
     pub device: String,
+    #[serde(default = "f32_name")]
     pub dtype: String,
     /// Injected fault, if any (`--inject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,17 +96,22 @@ pub struct BackendInfo {
 pub struct ModelInfo {
     /// `csm` or `llama`.
     pub kind: String,
+    #[serde(default)]
     pub path: String,
     /// `original` (Sesame/torchtune keys) or `hf` (transformers keys).
+    #[serde(default = "unknown")]
     pub layout: String,
     /// sha256 of the weight file(s), hex.
+    #[serde(default)]
     pub sha256: String,
     /// The model's config as the tool understood it.
+    #[serde(default)]
     pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PromptInfo {
+    #[serde(default)]
     pub text: String,
     #[serde(default)]
     pub speaker: u32,
@@ -73,6 +121,7 @@ pub struct PromptInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SamplerInfo {
     /// `independent`, `teacher` or `hybrid`.
+    #[serde(default = "independent")]
     pub mode: String,
     /// `shared`, `native` or `greedy`.
     pub noise: String,
@@ -84,16 +133,22 @@ pub struct SamplerInfo {
     pub min_p: Option<f64>,
     pub seed: u64,
     /// `none` or `remap-low:<lo>-<hi>`.
+    #[serde(default = "none_name")]
     pub post: String,
     /// The backend treated as the reference (`torch` by default).
+    #[serde(default = "torch_name")]
     pub reference: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Timings {
+    #[serde(default)]
     pub load_ms: f64,
+    #[serde(default)]
     pub prefill_ms: f64,
+    #[serde(default)]
     pub total_ms: f64,
+    #[serde(default)]
     pub mean_frame_ms: f64,
     /// Backbone positions computed at each frame (1 per step with a KV cache after the
     /// prompt); optional, for the step-cost analysis.
@@ -150,6 +205,7 @@ impl Manifest {
             timings: Timings::default(),
             output_text: None,
             warnings: Vec::new(),
+            rescore_of: None,
         }
     }
 }

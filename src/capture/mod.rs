@@ -4,11 +4,13 @@
 pub mod manifest;
 pub mod npy;
 pub mod reader;
+pub mod schema;
 pub mod storage;
 pub mod writer;
 
 pub use manifest::*;
 pub use reader::{Dists, FrameBuf, Row, Run};
+pub use schema::{f32_precision, parse_manifest, same_setting};
 pub use storage::Storage;
 pub use writer::{partial_path, RunWriter};
 

@@ -12,6 +12,8 @@ pub struct Run {
     manifest: Manifest,
     tokens: Vec<i32>,
     post_tokens: Vec<i32>,
+    /// `fed_tokens.npy` when present (what the model was fed, if not the sampled tokens).
+    fed_tokens: Option<Vec<i32>>,
     step_us: Vec<f64>,
     logits: Option<Dists>,
     probs: Option<Dists>,
@@ -279,8 +281,12 @@ impl Run {
                 mpath.display()
             );
         }
-        let manifest: Manifest = serde_json::from_value(raw)
-            .with_context(|| format!("{}: does not match the manifest schema", mpath.display()))?;
+        let manifest: Manifest = super::parse_manifest(raw).with_context(|| {
+            format!(
+                "{}: does not match the manifest schema (schema/manifest.schema.json)",
+                mpath.display()
+            )
+        })?;
         let (f, c, v) = (manifest.frames, manifest.codebooks, manifest.vocab);
         if c == 0 || v == 0 {
             bail!(
@@ -315,6 +321,18 @@ impl Run {
         )?;
         let tokens = read_ints(&tp, &th)?;
         let post_tokens = read_ints(&pp, &ph)?;
+        let fp = dir.join("fed_tokens.npy");
+        let fed_tokens = if fp.exists() {
+            let fh = expect_array(
+                &fp,
+                &ints,
+                &[f, c],
+                "tokens fed to the model [frames, codebooks]",
+            )?;
+            Some(read_ints(&fp, &fh)?)
+        } else {
+            None
+        };
         let mut step32 = vec![0f32; 0];
         let step_us = if sh.dtype == Dtype::F64 {
             let file = File::open(&sp)?;
@@ -328,7 +346,12 @@ impl Run {
             npy::read_f32_at(&File::open(&sp)?, &sh, 0, &mut step32, &mut Vec::new())?;
             step32.iter().map(|&x| x as f64).collect()
         };
-        for (name, toks) in [("tokens.npy", &tokens), ("post_tokens.npy", &post_tokens)] {
+        let fed_ref = fed_tokens.as_ref().unwrap_or(&tokens);
+        for (name, toks) in [
+            ("tokens.npy", &tokens),
+            ("post_tokens.npy", &post_tokens),
+            ("fed_tokens.npy", fed_ref),
+        ] {
             if let Some((i, t)) = toks
                 .iter()
                 .enumerate()
@@ -349,6 +372,7 @@ impl Run {
             manifest,
             tokens,
             post_tokens,
+            fed_tokens,
             step_us,
             logits,
             probs,
@@ -383,6 +407,17 @@ impl Run {
     /// Tokens after post-processing, `[F, C]` row-major.
     pub fn post_tokens(&self) -> &[i32] {
         &self.post_tokens
+    }
+
+    /// The tokens fed back to the model, `[F, C]` row-major: `fed_tokens.npy` when the run
+    /// has one (teacher forcing, a re-score), else the sampled tokens.
+    pub fn fed_tokens(&self) -> &[i32] {
+        self.fed_tokens.as_deref().unwrap_or(&self.tokens)
+    }
+
+    /// Whether the run recorded fed tokens that differ from the sampled ones.
+    pub fn has_fed_tokens(&self) -> bool {
+        self.fed_tokens.is_some()
     }
 
     /// Sampled token at frame `f`, codebook `c`.

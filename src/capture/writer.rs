@@ -23,6 +23,10 @@ pub struct RunWriter {
     replace: bool,
     /// Removes `<dir>.partial` unless the run finished.
     guard: PartialGuard,
+    /// What the model was fed, `[frames, codebooks]`, kept until `finish` (small).
+    fed: Vec<i32>,
+    /// Whether any fed row differs from the sampled one (then `fed_tokens.npy` is written).
+    fed_differs: bool,
     scratch_v: Vec<f32>,
     scratch_i: Vec<i32>,
     order: Vec<u32>,
@@ -216,6 +220,8 @@ impl RunWriter {
             frames: 0,
             replace,
             guard,
+            fed: Vec::new(),
+            fed_differs: false,
             scratch_v: Vec::new(),
             scratch_i: Vec::new(),
             order: Vec::new(),
@@ -233,9 +239,31 @@ impl RunWriter {
         &self.partial
     }
 
-    /// Appends one frame.
+    /// Appends one frame whose sampled tokens were fed back to the model.
     pub fn push(&mut self, rec: &FrameRecord) -> Result<()> {
+        self.push_fed(rec, None)
+    }
+
+    /// Appends one frame; `fed` is what the model was given as the next input when it is not
+    /// the sampled tokens (teacher forcing, a re-score). `fed_tokens.npy` is written at
+    /// `finish` when any frame's fed tokens differ from its sampled ones.
+    pub fn push_fed(&mut self, rec: &FrameRecord, fed: Option<&[i32]>) -> Result<()> {
         let c = self.codebooks;
+        if let Some(fed) = fed {
+            ensure!(
+                fed.len() == c,
+                "frame {}: {} fed tokens, expected {c} (one per codebook)",
+                self.frames,
+                fed.len()
+            );
+            if let Some(t) = fed.iter().find(|&&t| t < 0 || t as usize >= self.vocab) {
+                bail!(
+                    "frame {}: fed token {t} is outside the vocab 0..{}",
+                    self.frames,
+                    self.vocab
+                );
+            }
+        }
         ensure!(
             rec.tokens.len() == c,
             "frame {}: {} tokens, expected {c} (one per codebook)",
@@ -275,6 +303,9 @@ impl RunWriter {
         )?;
         self.tokens.push_i32(&rec.tokens)?;
         self.post_tokens.push_i32(&rec.post_tokens)?;
+        let fed = fed.unwrap_or(&rec.tokens);
+        self.fed_differs |= fed != rec.tokens.as_slice();
+        self.fed.extend_from_slice(fed);
         self.step_us.push_f64(&[rec.step_us])?;
         self.frames += 1;
         Ok(())
@@ -356,8 +387,19 @@ impl RunWriter {
             frames,
             replace,
             mut guard,
+            fed,
+            fed_differs,
+            codebooks,
             ..
         } = self;
+        if fed_differs {
+            let mut w =
+                StreamingNpy::create(&partial.join("fed_tokens.npy"), Dtype::I32, &[codebooks])?;
+            for row in fed.chunks_exact(codebooks) {
+                w.push_i32(row)?;
+            }
+            w.finish()?;
+        }
         tokens.finish()?;
         post_tokens.finish()?;
         step_us.finish()?;

@@ -24,11 +24,42 @@ pub struct GateArgs {
     /// Print the whole report as JSON instead of the lines and the summary.
     #[arg(long)]
     pub json: bool,
+    /// Gate an outside pipeline: a shell command template run once per text × seed that writes
+    /// a run directory at {out}. Placeholders (shell-quoted): {out} {text} {seed} {temp}
+    /// {top_k} {frames} {prompt_ids} {model}. A candidate with native noise is re-scored by
+    /// the reference first (docs/outside-ports.md).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub candidate_cmd: Option<String>,
+    /// With --candidate-cmd: where the failing jobs' runs are kept (default: gate-failures/
+    /// beside the config; must not exist).
+    #[arg(long, value_name = "DIR", requires = "candidate_cmd")]
+    pub keep_failed: Option<PathBuf>,
 }
 
 /// Exit 0: every check passes; 1: a check fails; 2 (via the error path): usage or input error.
 pub fn run(a: GateArgs) -> Result<i32> {
-    let report = gate::run_gate(&a.config, a.update_baseline)?;
+    let mut job_lines = String::new();
+    let report = match &a.candidate_cmd {
+        Some(cmd) => {
+            if a.update_baseline {
+                anyhow::bail!("--update-baseline cannot be combined with --candidate-cmd");
+            }
+            let (report, jobs) =
+                crate::gate_outside::run_outside_gate(&a.config, cmd, a.keep_failed.as_deref())?;
+            for j in &jobs {
+                job_lines.push_str(&j.line());
+                job_lines.push('\n');
+                if !report.passed && j.divergence.is_some() {
+                    job_lines.push_str(&format!(
+                        "  kept: csm-parity diff {} {}\n",
+                        j.reference_run, j.candidate_run
+                    ));
+                }
+            }
+            report
+        }
+        None => gate::run_gate(&a.config, a.update_baseline)?,
+    };
     if let Some(p) = &a.junit {
         crate::outputs::write_file(p, report.junit().as_bytes(), "--junit")?;
     }
@@ -38,6 +69,7 @@ pub fn run(a: GateArgs) -> Result<i32> {
     if a.json {
         print_json(&report)?;
     } else {
+        super::common::print_out(&job_lines)?;
         super::common::print_out(&report.lines())?;
         if a.update_baseline {
             super::common::print_out(&format!("baseline updated in {}\n", a.config.display()))?;

@@ -7,6 +7,8 @@ pub mod common;
 pub mod diff;
 pub mod gate;
 pub mod model_cmds;
+pub mod noise;
+pub mod rescore;
 pub mod sweep;
 
 #[derive(Debug, Parser)]
@@ -45,6 +47,12 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// CI regression gate: thresholds and a baseline from a TOML config; exit 1 when a check fails.
     Gate(gate::GateArgs),
+    /// Write the shared-noise uniforms [frames, codebooks, vocab] as .npy, for a sampler
+    /// outside the harness (docs/shared-noise.md).
+    Noise(noise::NoiseArgs),
+    /// Feed the reference exactly the tokens a run fed its model and record its logits and
+    /// probs at every step: a run aligned with RUN (docs/outside-ports.md).
+    Rescore(rescore::RescoreArgs),
 }
 
 /// Parses the command line, runs the command, returns the process exit code.
@@ -62,6 +70,8 @@ pub fn main() -> i32 {
         Command::Bisect(a) => bisect::run(a),
         Command::Sweep(a) => sweep::run(a),
         Command::Gate(a) => gate::run(a),
+        Command::Noise(a) => noise::run(a),
+        Command::Rescore(a) => rescore::run(a),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,8 @@ use anyhow::{bail, Result};
 use std::fmt;
 use std::str::FromStr;
 
+pub mod noise_file;
+
 /// Where the exponential noise of the sampler comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NoiseMode {
@@ -124,7 +126,8 @@ pub fn parse_temperature(s: &str) -> Result<f64, String> {
 pub struct SharedNoise;
 
 impl SharedNoise {
-    fn mix(mut z: u64) -> u64 {
+    /// SplitMix64's finalizer (docs/shared-noise.md: `mix`).
+    pub fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -136,16 +139,31 @@ impl SharedNoise {
             >> 1
     }
 
-    /// Uniform draws in (0, 1) for one sampling step, one per vocabulary entry.
-    pub fn uniforms_into(seed: u64, frame: u64, codebook: u64, out: &mut [f32]) {
-        let key = Self::mix(
+    /// The 64-bit key of one sampling step (docs/shared-noise.md, step 1).
+    pub fn key(seed: u64, frame: u64, codebook: u64) -> u64 {
+        Self::mix(
             Self::mix(Self::mix(seed ^ 0x5EED) ^ frame.wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 ^ codebook,
-        );
+        )
+    }
+
+    /// The 64 random bits of vocabulary entry `index` under `key` (docs/shared-noise.md, step 2).
+    pub fn bits(key: u64, index: u64) -> u64 {
+        Self::mix(key.wrapping_add((index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    /// The uniform made from 64 random bits: the top 24 bits k, then `(k + 0.5) / 2^24` in f32
+    /// arithmetic (round to nearest even). Lies in (0, 1]; it is exactly 1.0 when
+    /// k = 2^24 − 1, because 16777215.5 rounds to 16777216 in f32 (docs/shared-noise.md).
+    pub fn to_uniform(bits: u64) -> f32 {
+        ((bits >> 40) as f32 + 0.5) / (1u32 << 24) as f32
+    }
+
+    /// Uniform draws in (0, 1] for one sampling step, one per vocabulary entry.
+    pub fn uniforms_into(seed: u64, frame: u64, codebook: u64, out: &mut [f32]) {
+        let key = Self::key(seed, frame, codebook);
         for (i, u) in out.iter_mut().enumerate() {
-            let x = Self::mix(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            // 24 random bits centred in their cell: strictly inside (0, 1) in f32.
-            *u = ((x >> 40) as f32 + 0.5) / (1u32 << 24) as f32;
+            *u = Self::to_uniform(Self::bits(key, i as u64));
         }
     }
 
@@ -284,9 +302,33 @@ mod tests {
         assert_ne!(a, SharedNoise::frame_uniforms(8, 3, 4, 100));
         assert_ne!(a, SharedNoise::frame_uniforms(7, 4, 4, 100));
         assert_ne!(a[..100], a[100..200]);
-        assert!(a.iter().all(|&u| u > 0.0 && u < 1.0));
+        assert!(a.iter().all(|&u| u > 0.0 && u <= 1.0));
         let mean = a.iter().map(|&u| u as f64).sum::<f64>() / a.len() as f64;
         assert!((mean - 0.5).abs() < 0.03, "{mean}");
+    }
+
+    #[test]
+    fn uniform_conversion_edges() {
+        // k = 0 gives 2^-25; k = 2^24 - 1 rounds up to exactly 1.0 in f32.
+        assert_eq!(SharedNoise::to_uniform(0), 0.5 / 16_777_216.0);
+        assert_eq!(SharedNoise::to_uniform(u64::MAX), 1.0);
+        // Below 2^23, k + 0.5 is exact.
+        assert_eq!(SharedNoise::to_uniform(5 << 40), 5.5 / 16_777_216.0);
+        // Above, the tie rounds to the even neighbour.
+        let k = (1u64 << 23) + 1;
+        assert_eq!(
+            SharedNoise::to_uniform(k << 40),
+            (k + 1) as f32 / 16_777_216.0
+        );
+        let mut row = [0f32; 3];
+        SharedNoise::uniforms_into(42, 0, 0, &mut row);
+        let key = SharedNoise::key(42, 0, 0);
+        for (i, u) in row.iter().enumerate() {
+            assert_eq!(
+                *u,
+                SharedNoise::to_uniform(SharedNoise::bits(key, i as u64))
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,440 @@
+//! `gate --candidate-cmd`: gate a pipeline the harness did not write. For every text × seed of
+//! the gate config, the reference (torch) captures with shared noise, the candidate command
+//! writes a run directory (docs/run-format.md), and the two are compared — directly when the
+//! candidate used the shared noise, after a re-score of the candidate (`rescore`) when it used
+//! its own. The checks are the config's thresholds that apply to one aligned pair of runs:
+//! token agreement (shared-noise candidates), max |Δlogit| and the earliest divergence frame.
+use crate::analysis::{self, DiffOptions};
+use crate::backend::BackendKind;
+use crate::capture::{Run, Storage};
+use crate::capture_run::{capture_with, load_backends, CaptureOptions, Mode, ModelRef};
+use crate::cli::common::{LoadedModel, ModelArgs, ModelKindChoice};
+use crate::gate::{checks, parse_config, GateConfig, GateReport, Measured};
+use crate::rescore::{rescore, RescoreOptions};
+use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// What one job of an outside gate found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OutsideJob {
+    pub text_index: usize,
+    pub text: String,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_k: usize,
+    /// The candidate's `sampler.noise`.
+    pub noise: String,
+    /// Whether the candidate was re-scored (it used its own noise).
+    pub rescored: bool,
+    pub verdict: String,
+    /// First divergence: frame, codebook, stage.
+    pub divergence: Option<(usize, usize, String)>,
+    pub token_agreement: f64,
+    pub max_logit_diff: Option<f64>,
+    /// The job's run directories (reference, candidate), kept when the gate fails.
+    pub reference_run: String,
+    pub candidate_run: String,
+}
+
+impl OutsideJob {
+    pub fn line(&self) -> String {
+        let div = match &self.divergence {
+            Some((f, c, s)) => format!("first divergence frame {f} codebook {c} (stage {s})"),
+            None => "no divergence".into(),
+        };
+        format!(
+            "job text {} {:?} seed {} temp {} top-k {} ({} noise{}): {div}; token agreement {:.3}; max |Δlogit| {}",
+            self.text_index,
+            self.text,
+            self.seed,
+            self.temperature,
+            self.top_k,
+            self.noise,
+            if self.rescored { ", re-scored" } else { "" },
+            self.token_agreement,
+            self.max_logit_diff
+                .map(crate::report::num)
+                .unwrap_or_else(|| "none".into())
+        )
+    }
+}
+
+/// Quotes `s` for `sh -c`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Fills the candidate command template. Placeholders: `{out}` (the run directory to write),
+/// `{text}`, `{seed}`, `{temp}`, `{top_k}`, `{frames}` (max frames or tokens), `{prompt_ids}`
+/// (the reference's prompt token ids, comma-separated), `{model}` (the model directory). Each
+/// value is shell-quoted. An unknown `{name}` is an error.
+pub fn fill_template(template: &str, values: &[(&str, String)]) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else {
+            bail!("--candidate-cmd: unclosed `{{` in {template:?}");
+        };
+        let name = &after[..j];
+        let Some((_, v)) = values.iter().find(|(k, _)| *k == name) else {
+            bail!(
+                "--candidate-cmd: unknown placeholder {{{name}}} (known: {})",
+                values
+                    .iter()
+                    .map(|(k, _)| format!("{{{k}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        out.push_str(&shell_quote(v));
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Runs the outside gate: `config` as for `gate`, `template` the candidate command, failing
+/// jobs' runs kept under `keep` (default: `gate-failures/` beside the config). Returns the
+/// report and the per-job lines.
+pub fn run_outside_gate(
+    config: &Path,
+    template: &str,
+    keep: Option<&Path>,
+) -> Result<(GateReport, Vec<OutsideJob>)> {
+    let t0 = Instant::now();
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("--config {}: cannot read", config.display()))?;
+    let cfg = parse_config(&text, config)?;
+    // Check the template before loading anything.
+    let names = [
+        "out",
+        "text",
+        "seed",
+        "temp",
+        "top_k",
+        "frames",
+        "prompt_ids",
+        "model",
+    ];
+    fill_template(template, &names.map(|n| (n, String::new())))?;
+    if cfg.candidate != Default::default() {
+        bail!(
+            "--candidate-cmd replaces [candidate]; remove [candidate] from {}",
+            config.display()
+        );
+    }
+    let model_args = ModelArgs {
+        model: cfg.model.clone(),
+        dtype: cfg.run.dtype.parse()?,
+    };
+    let loaded = model_args.load_any(ModelKindChoice::Auto, None)?;
+    let model = loaded.as_ref();
+    let model_dir = model.dir().display().to_string();
+    let mut backends = load_backends(model, &[BackendKind::Torch], model_args.dtype)?;
+    let work = std::env::temp_dir().join(format!("csm-parity-gate-outside-{}", std::process::id()));
+    let result = (|| -> Result<Vec<OutsideJob>> {
+        let mut jobs = Vec::new();
+        for (ti, t) in cfg.run.texts.iter().enumerate() {
+            for &seed in &cfg.run.seeds {
+                let dir = work.join(format!("text{ti}-seed{seed}"));
+                let job = run_job(
+                    &cfg,
+                    &loaded,
+                    &mut backends,
+                    template,
+                    &model_dir,
+                    ti,
+                    t,
+                    seed,
+                    &dir,
+                )
+                .with_context(|| {
+                    format!(
+                        "gate job text {ti} {t:?} seed {seed} temp {} top-k {}",
+                        cfg.run.temperature, cfg.run.top_k
+                    )
+                })?;
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    })();
+    let jobs = match result {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    let measured = measured_of(&cfg, &jobs);
+    let applicable = applicable_config(&cfg, &jobs);
+    let checks = checks(&applicable, &measured);
+    let passed = checks.iter().all(|c| c.passed);
+    let mut jobs = jobs;
+    if !passed {
+        let keep = keep.map(Path::to_path_buf).unwrap_or_else(|| {
+            config
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join("gate-failures")
+        });
+        if keep.exists() {
+            bail!(
+                "--keep-failed {}: exists; remove it or choose another directory (the gate failed; its runs are in {})",
+                keep.display(),
+                work.display()
+            );
+        }
+        std::fs::create_dir_all(&keep)
+            .with_context(|| format!("--keep-failed {}: cannot create", keep.display()))?;
+        for j in jobs.iter_mut().filter(|j| j.divergence.is_some()) {
+            let from = work.join(format!("text{}-seed{}", j.text_index, j.seed));
+            let to = keep.join(format!("text{}-seed{}", j.text_index, j.seed));
+            copy_dir(&from, &to)?;
+            j.reference_run = swap_prefix(&j.reference_run, &from, &to);
+            j.candidate_run = swap_prefix(&j.candidate_run, &from, &to);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let report = GateReport {
+        config: config.display().to_string(),
+        model: model_dir,
+        candidate: cfg.candidate.clone(),
+        measured,
+        passed,
+        checks,
+        baseline_updated: false,
+        wall_s: t0.elapsed().as_secs_f64(),
+    };
+    Ok((report, jobs))
+}
+
+fn swap_prefix(p: &str, from: &Path, to: &Path) -> String {
+    Path::new(p)
+        .strip_prefix(from)
+        .map(|r| to.join(r).display().to_string())
+        .unwrap_or_else(|_| p.to_string())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The config with only the thresholds and baseline values that apply to an outside pair
+/// (the pooled native-noise histogram checks need both libraries' native runs; token agreement
+/// needs a candidate that drew the shared noise).
+fn applicable_config(cfg: &GateConfig, jobs: &[OutsideJob]) -> GateConfig {
+    let mut c = cfg.clone();
+    if jobs.iter().all(|j| j.rescored) {
+        c.thresholds.token_agreement_min = None;
+        if let Some(b) = c.baseline.as_mut() {
+            b.token_agreement = None;
+        }
+    }
+    c.thresholds.hist_intersection_min = None;
+    c.thresholds.kl_hist_max = None;
+    c.thresholds.chi_square_p_min = None;
+    if let Some(b) = c.baseline.as_mut() {
+        b.hist_intersection = None;
+        b.kl_hist = None;
+    }
+    c
+}
+
+fn measured_of(cfg: &GateConfig, jobs: &[OutsideJob]) -> Measured {
+    let shared: Vec<f64> = jobs
+        .iter()
+        .filter(|j| !j.rescored)
+        .map(|j| j.token_agreement)
+        .collect();
+    Measured {
+        jobs: jobs.len(),
+        token_agreement: (!shared.is_empty())
+            .then(|| shared.iter().sum::<f64>() / shared.len() as f64),
+        max_logit_diff: jobs
+            .iter()
+            .filter_map(|j| j.max_logit_diff)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+        hist_intersection: None,
+        kl_hist: None,
+        divergence_frame: jobs
+            .iter()
+            .map(|j| j.divergence.as_ref().map_or(cfg.run.max_frames, |d| d.0) as f64)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x)))),
+        chi_square_p: None,
+        divergences: jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.text_index,
+                    j.seed,
+                    j.divergence.as_ref().map(|d| [d.0, d.1]),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    cfg: &GateConfig,
+    loaded: &LoadedModel,
+    backends: &mut [crate::capture_run::LoadedBackend],
+    template: &str,
+    model_dir: &str,
+    ti: usize,
+    text: &str,
+    seed: u64,
+    dir: &Path,
+) -> Result<OutsideJob> {
+    let model: ModelRef = loaded.as_ref();
+    let sampler = SamplerSpec::new(cfg.run.temperature, cfg.run.top_k, NoiseMode::Shared, seed)?;
+    let opts = CaptureOptions {
+        text: text.to_string(),
+        speaker: cfg.run.speaker,
+        chat: false,
+        backends: vec![BackendKind::Torch],
+        reference: BackendKind::Torch,
+        sampler,
+        max_frames: cfg.run.max_frames,
+        mode: Mode::Independent,
+        post: PostProcess::None,
+        dtype: cfg.run.dtype.parse()?,
+        logits: Storage::F32,
+        probs: Storage::F32,
+        out: dir.join("reference"),
+        progress: false,
+        inject: None,
+    };
+    capture_with(model, &opts, backends)?;
+    let reference_dir = crate::capture_run::run_dir(&opts.out, BackendKind::Torch);
+    let reference = Run::open(&reference_dir)?;
+    let ids: Vec<String> = reference
+        .manifest()
+        .prompt
+        .token_ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let cand_dir = dir.join("candidate");
+    let cmd = fill_template(
+        template,
+        &[
+            ("out", cand_dir.display().to_string()),
+            ("text", text.to_string()),
+            ("seed", seed.to_string()),
+            ("temp", cfg.run.temperature.to_string()),
+            ("top_k", cfg.run.top_k.to_string()),
+            ("frames", cfg.run.max_frames.to_string()),
+            ("prompt_ids", ids.join(",")),
+            ("model", model_dir.to_string()),
+        ],
+    )?;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .with_context(|| format!("cannot run the candidate command: {cmd}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "the candidate command failed ({}): {cmd}\n{tail}",
+            out.status
+        );
+    }
+    let candidate = Run::open(&cand_dir).with_context(|| {
+        format!(
+            "the candidate command did not write a complete run at {{out}} = {}",
+            cand_dir.display()
+        )
+    })?;
+    let noise = candidate.manifest().sampler.noise.clone();
+    let rescored = noise == "native";
+    let (a_dir, a) = if rescored {
+        let out = dir.join("rescored");
+        let lb = &mut backends[0];
+        rescore(
+            model,
+            &candidate,
+            lb.backend.as_mut(),
+            0.0,
+            &RescoreOptions {
+                out: out.clone(),
+                logits: Storage::F32,
+                probs: Storage::F32,
+            },
+        )?;
+        let r = Run::open(&out)?;
+        (out, r)
+    } else {
+        (reference_dir, reference)
+    };
+    let d = analysis::compare(&a, &candidate, &DiffOptions::default())?;
+    Ok(OutsideJob {
+        text_index: ti,
+        text: text.to_string(),
+        seed,
+        temperature: cfg.run.temperature,
+        top_k: cfg.run.top_k,
+        noise,
+        rescored,
+        verdict: d.verdict.line.clone(),
+        divergence: d.verdict.point.map(|p| {
+            (
+                p.frame,
+                p.codebook,
+                d.verdict.stage.map_or("unknown", |s| s.name()).to_string(),
+            )
+        }),
+        token_agreement: d.overall.token_agreement,
+        max_logit_diff: d.overall.logits.as_ref().map(|l| l.max_abs.max),
+        reference_run: a_dir.display().to_string(),
+        candidate_run: cand_dir.display().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_fills_and_quotes() {
+        let v = [
+            ("out", "/tmp/a b".to_string()),
+            ("text", "it's".to_string()),
+        ];
+        assert_eq!(
+            fill_template("port --out {out} --text {text}", &v).unwrap(),
+            "port --out '/tmp/a b' --text 'it'\\''s'"
+        );
+        let e = fill_template("port {outdir}", &v).unwrap_err().to_string();
+        assert!(e.contains("{outdir}") && e.contains("{out}"), "{e}");
+        assert!(fill_template("port {out", &v).is_err());
+    }
+}
