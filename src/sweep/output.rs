@@ -59,15 +59,31 @@ pub const HEADLINES: &[Headline] = &[
     },
 ];
 
+/// The fixed colour range of a headline metric.
+pub fn fixed_range(name: &str, max_frames: usize) -> (f64, f64) {
+    match name {
+        "divergence_frame" => (0.0, max_frames.max(1) as f64),
+        "kl_hist" => (0.0, 2.0),
+        "js_hist" => (0.0, std::f64::consts::LN_2),
+        _ => (0.0, 1.0),
+    }
+}
+
 fn est(e: Option<&Estimate>) -> String {
     match e {
-        Some(e) => format!("{} [{}, {}]", num(e.value), num(e.ci_low), num(e.ci_high)),
+        Some(e) if e.has_ci() => {
+            format!("{} [{}, {}]", num(e.value), num(e.ci_low), num(e.ci_high))
+        }
+        Some(e) => format!("{} (no CI)", num(e.value)),
         None => "–".into(),
     }
 }
 
 /// `value ±half-width` of the CI (the heatmap annotation).
 pub fn pm(e: &Estimate) -> String {
+    if !e.has_ci() {
+        return format!("{} (no CI)", num(e.value));
+    }
     format!(
         "{} ±{}",
         num(e.value),
@@ -84,17 +100,17 @@ pub fn markdown_table(r: &SweepResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| rank | temp | top-k | jobs | token agreement (shared) | divergence frame (shared) | diverged | hist ∩ (native) | Jaccard | KL hist | JS hist | pooled hist ∩ | pooled χ² p |"
+        "| rank | temp | top-k | jobs | token agreement (shared) | divergence frame (shared) | diverged | hist ∩ (native) | same-library noise floor | parity gap | above floor | Jaccard | KL hist | JS hist | pooled hist ∩ | pooled χ² p |"
     );
     let _ = writeln!(
         s,
-        "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---:|---:|"
+        "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---|---|---|---:|---:|"
     );
     for &i in &r.ranking {
         let c = &r.cells[i];
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.rank,
             c.temperature,
             c.top_k,
@@ -104,6 +120,13 @@ pub fn markdown_table(r: &SweepResult) -> String {
             c.diverged_jobs,
             c.jobs,
             est(c.hist_intersection.as_ref()),
+            est(c.noise_floor.as_ref()),
+            est(c.gap.as_ref()),
+            match c.above_noise_floor {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "–",
+            },
             est(c.jaccard.as_ref()),
             est(c.kl_hist.as_ref()),
             est(c.js_hist.as_ref()),
@@ -136,7 +159,7 @@ pub fn markdown(r: &SweepResult, plots: bool) -> String {
     let _ = writeln!(s, "Criterion: {}\n", r.criterion);
     let _ = writeln!(
         s,
-        "Values are means over jobs with {}% percentile-bootstrap CIs over jobs ({} resamples) in brackets. \"pooled\" columns pool the tokens of all jobs of a cell; a low pooled χ² p means the two libraries' token distributions differ beyond sampling noise.\n",
+        "Values are means over jobs with {}% bias-corrected bootstrap CIs over jobs ({} resamples) in brackets (the parity gap's CI is Bonferroni-adjusted over the cells). \"pooled\" columns pool the tokens of all jobs of a cell; a low pooled χ² p means the two libraries' token distributions differ beyond sampling noise.\n",
         (r.level * 100.0).round(),
         r.resamples
     );
@@ -281,15 +304,11 @@ fn draw<DB: DrawingBackend>(
     let mut ks = r.spec.top_ks.clone();
     ks.sort_unstable();
     let vals: Vec<Option<&Estimate>> = r.cells.iter().map(|c| (h.get)(c)).collect();
-    let (lo, hi) = vals
-        .iter()
-        .flatten()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), e| {
-            (a.min(e.value), b.max(e.value))
-        });
-    // t in [0, 1], 1 = better (yellow).
+    let (lo, hi) = fixed_range(h.name, r.spec.max_frames);
+    // t in [0, 1], 1 = better (yellow); the scale is fixed per metric (not min–max), so equal
+    // colours mean equal values across sweeps and a tiny spread does not look dramatic.
     let norm = |v: f64| {
-        let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
+        let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
         if h.higher_is_better {
             t
         } else {
