@@ -376,11 +376,11 @@ pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitSt
             }
             (Some(x), None) => {
                 nonfinite_a |= !x.is_finite();
-                mismatch |= !(x <= bound_b + atol + rtol * x.abs());
+                mismatch |= x.is_nan() || x > bound_b + atol + rtol * x.abs();
             }
             (None, Some(y)) => {
                 nonfinite_b |= !y.is_finite();
-                mismatch |= !(y <= bound_a + atol + rtol * y.abs());
+                mismatch |= y.is_nan() || y > bound_a + atol + rtol * y.abs();
             }
             (None, None) => {}
         }
@@ -389,7 +389,7 @@ pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitSt
         for (&j, &y) in indices.iter().zip(values.iter()) {
             if lookup(a, j as usize).is_none() {
                 nonfinite_b |= !y.is_finite();
-                mismatch |= !(y <= bound_a + atol + rtol * y.abs());
+                mismatch |= y.is_nan() || y > bound_a + atol + rtol * y.abs();
             }
         }
     }
@@ -467,7 +467,7 @@ fn ln_ratio(p: f64, q: f64) -> f64 {
 fn support_known(r: &Row<'_>) -> bool {
     match r {
         Row::Dense(_) => true,
-        Row::Top { values, .. } => values.iter().any(|&v| v == 0.0),
+        Row::Top { values, .. } => values.contains(&0.0),
     }
 }
 

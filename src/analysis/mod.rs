@@ -463,14 +463,12 @@ fn prob_of(r: &[(usize, f64)], t: usize) -> Option<f64> {
     r.iter().find(|x| x.0 == t).map(|x| x.1)
 }
 
+/// (index, value) pairs sorted by value, descending.
+type Ranked = Vec<(usize, f64)>;
+
 /// Both sides' ranked distributions at step `i`: probs when both recorded them, else the
 /// softmax of the logits.
-fn dists_at(
-    a: &Run,
-    b: &Run,
-    i: usize,
-    c_n: usize,
-) -> Result<Option<(String, Vec<(usize, f64)>, Vec<(usize, f64)>)>> {
+fn dists_at(a: &Run, b: &Run, i: usize, c_n: usize) -> Result<Option<(String, Ranked, Ranked)>> {
     let (f, c) = (i / c_n, i % c_n);
     let (mut ba, mut bb) = (FrameBuf::default(), FrameBuf::default());
     for (src, pa, pb, soft) in [

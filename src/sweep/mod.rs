@@ -815,10 +815,6 @@ pub fn pooled_of(rs: &[&JobResult]) -> Pooled {
     }
 }
 
-fn est_value(e: &Option<Estimate>) -> f64 {
-    e.as_ref().map_or(f64::NAN, |e| e.value)
-}
-
 /// Aggregates job results (every job of `spec`) into cells, ranking and best cell.
 pub fn aggregate(spec: &SweepSpec, results: &[JobResult]) -> Result<SweepResult> {
     let mut by_cell: BTreeMap<(u64, usize), Vec<&JobResult>> = BTreeMap::new();
