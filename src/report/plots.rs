@@ -636,3 +636,20 @@ fn top_tokens<DB: DrawingBackend>(
         .map_err(err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fixed colour scales: KL from 1e-12 up, |Δlogit| with the tolerance always 2/3 up the
+    /// scale (the same colour in every report), independent of the data.
+    #[test]
+    fn heat_scales_are_fixed() {
+        assert_eq!(heat_scale(Heat::Kl, 1e-3), (-12.0, 1.0));
+        for atol in [1e-3, 0.5] {
+            let (lo, hi) = heat_scale(Heat::MaxAbs, atol);
+            let t = (atol.log10() - lo) / (hi - lo);
+            assert!((t - 2.0 / 3.0).abs() < 1e-12, "{t}");
+        }
+    }
+}

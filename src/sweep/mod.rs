@@ -1140,6 +1140,14 @@ mod tests {
         );
         let f = r.cells[0].noise_floor.as_ref().unwrap();
         assert!(f.value > 0.3 && f.value < 0.95, "{f:?}");
+        // The outputs show the floor and the gap; heatmap colours use fixed ranges.
+        assert!(output::terminal(&r).contains("noise floor"));
+        assert!(output::markdown_table(&r).contains("parity gap"));
+        let csv = output::csv(&r);
+        assert!(csv.lines().next().unwrap().ends_with("above_noise_floor"));
+        assert!(!csv.contains("NaN"));
+        assert_eq!(output::fixed_range("hist_intersection", 40), (0.0, 1.0));
+        assert_eq!(output::fixed_range("divergence_frame", 40), (0.0, 40.0));
     }
 
     /// A cell whose candidate samples other tokens is above the floor and ranks after the

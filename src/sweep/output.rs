@@ -178,7 +178,7 @@ pub fn terminal(r: &SweepResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:>9}",
+        "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
         "rank",
         "temp",
         "top-k",
@@ -186,14 +186,15 @@ pub fn terminal(r: &SweepResult) -> String {
         "token agree (shared)",
         "diverge frame (shared)",
         "hist ∩ (native)",
-        "KL hist (native)",
+        "noise floor (same lib)",
+        "parity gap",
         "pooled p"
     );
     for &i in &r.ranking {
         let c = &r.cells[i];
         let _ = writeln!(
             s,
-            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:>9}",
+            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
             c.rank,
             c.temperature,
             c.top_k,
@@ -201,7 +202,8 @@ pub fn terminal(r: &SweepResult) -> String {
             est(c.token_agreement.as_ref()),
             est(c.divergence_frame.as_ref()),
             est(c.hist_intersection.as_ref()),
-            est(c.kl_hist.as_ref()),
+            est(c.noise_floor.as_ref()),
+            est(c.gap.as_ref()),
             opt(c.pooled.chi_square_p)
         );
     }
@@ -215,8 +217,12 @@ pub fn csv(r: &SweepResult) -> String {
     for h in HEADLINES {
         let _ = write!(s, ",{0},{0}_ci_low,{0}_ci_high", h.name);
     }
-    s.push_str(",diverged_jobs,pooled_hist_intersection,pooled_jaccard,pooled_kl_hist,pooled_js_hist,pooled_chi_square_p\n");
-    let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
+    s.push_str(",diverged_jobs,pooled_hist_intersection,pooled_jaccard,pooled_kl_hist,pooled_js_hist,pooled_chi_square_p,noise_floor,cross_library,parity_gap,parity_gap_ci_low,parity_gap_ci_high,above_noise_floor\n");
+    let f = |x: Option<f64>| {
+        x.filter(|v| v.is_finite())
+            .map(|v| format!("{v}"))
+            .unwrap_or_default()
+    };
     for c in &r.cells {
         let _ = write!(s, "{},{},{},{}", c.temperature, c.top_k, c.jobs, c.rank);
         for h in HEADLINES {
@@ -232,13 +238,19 @@ pub fn csv(r: &SweepResult) -> String {
         let p = &c.pooled;
         let _ = writeln!(
             s,
-            ",{},{},{},{},{},{}",
+            ",{},{},{},{},{},{},{},{},{},{},{},{}",
             c.diverged_jobs,
             f(p.hist_intersection),
             f(p.jaccard),
             f(p.kl_hist),
             f(p.js_hist),
-            f(p.chi_square_p)
+            f(p.chi_square_p),
+            f(c.noise_floor.as_ref().map(|e| e.value)),
+            f(c.cross_library.as_ref().map(|e| e.value)),
+            f(c.gap.as_ref().map(|e| e.value)),
+            f(c.gap.as_ref().map(|e| e.ci_low)),
+            f(c.gap.as_ref().map(|e| e.ci_high)),
+            c.above_noise_floor.map_or(String::new(), |b| b.to_string())
         );
     }
     s
