@@ -36,6 +36,9 @@ pub struct SelftestRow {
     /// What `bisect` must locate (`RoPE @ layer 0`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_location: Option<String>,
+    /// False when the fault never acted in this run (a remap fault whose range no sampled token
+    /// fell into): nothing could be detected, so the row is "not triggered", not a miss.
+    pub triggered: bool,
     pub pass: bool,
 }
 
@@ -214,7 +217,9 @@ fn row(
         "none".into()
     };
     let (headline, headline_value) = headline(d, teacher);
+    let triggered = fault_triggered(expected, d);
     SelftestRow {
+        triggered,
         pass: stage == expected,
         case,
         expected_stage: expected.into(),
@@ -226,6 +231,24 @@ fn row(
         headline_value,
         located: None,
         expected_location: None,
+    }
+}
+
+/// Whether a fault acted at all: a post-processing fault acts only when the candidate's
+/// post-processing changed some token; other faults always act.
+pub fn fault_triggered(expected_stage: &str, d: &analysis::Diff) -> bool {
+    expected_stage != "post-processing" || d.post_changed[1] > 0
+}
+
+/// The "stage reported" cell: the stage, "not triggered" for a fault that never acted, or
+/// "no measurable effect".
+pub fn effect_label(r: &SelftestRow) -> String {
+    if r.detected {
+        r.stage.clone()
+    } else if !r.triggered {
+        "not triggered (no token fell in the fault's range; run more frames)".into()
+    } else {
+        "no measurable effect".into()
     }
 }
 
@@ -254,11 +277,7 @@ impl SelftestReport {
             let first = r
                 .first_divergence
                 .map_or("–".to_string(), |[f, c]| format!("frame {f}, cb {c}"));
-            let stage = if r.detected {
-                r.stage.clone()
-            } else {
-                "no measurable effect".into()
-            };
+            let stage = effect_label(r);
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} = {:.3e} | {} | {} |",
@@ -270,9 +289,50 @@ impl SelftestReport {
                 r.headline,
                 r.headline_value,
                 r.located.as_deref().unwrap_or("–"),
-                if r.pass { "✓" } else { "✗" }
+                if r.pass {
+                    "✓"
+                } else if !r.triggered {
+                    "–"
+                } else {
+                    "✗"
+                }
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(detected: bool, triggered: bool) -> SelftestRow {
+        SelftestRow {
+            case: "remap-low".into(),
+            expected_stage: "post-processing".into(),
+            detected,
+            stage: if detected { "post-processing" } else { "none" }.into(),
+            first_divergence: None,
+            verdict: String::new(),
+            headline: String::new(),
+            headline_value: 0.0,
+            triggered,
+            pass: detected,
+        }
+    }
+
+    #[test]
+    fn an_untriggered_fault_is_not_a_miss() {
+        assert!(effect_label(&row(false, false)).starts_with("not triggered"));
+        assert_eq!(effect_label(&row(false, true)), "no measurable effect");
+        assert_eq!(effect_label(&row(true, true)), "post-processing");
+        let rep = SelftestReport {
+            model: "m".into(),
+            frames: 16,
+            rows: vec![row(false, false)],
+            all_pass: false,
+        };
+        let t = rep.render();
+        assert!(t.contains("not triggered") && !t.contains('✗'), "{t}");
     }
 }

@@ -83,17 +83,29 @@ mod with_backends {
             assert!(ta.value > 0.9, "{c:?}");
             let hi = c.hist_intersection.as_ref().unwrap();
             assert!(hi.value > 0.0 && hi.value < 1.0, "{c:?}");
-            assert!(hi.ci_low <= hi.value && hi.value <= hi.ci_high);
+            // 4 jobs: below the bootstrap's minimum, so no interval (never a zero-width one).
+            assert!(!hi.has_ci() || (hi.ci_low <= hi.value && hi.value <= hi.ci_high));
+            // The same-library noise floor is measured in every cell.
+            assert!(c.noise_floor.is_some() && c.gap.is_some(), "{c:?}");
         }
+        // Ties are ties: ranks start at 1 and never exceed the cell count.
         let mut ranks: Vec<usize> = res.cells.iter().map(|c| c.rank).collect();
         ranks.sort_unstable();
-        assert_eq!(ranks, vec![1, 2, 3, 4]);
+        assert_eq!(ranks[0], 1);
+        assert!(ranks.iter().all(|&r| r <= 4));
         let best = &res.cells[res.ranking[0]];
         assert_eq!(
             (best.temperature, best.top_k),
             (res.best.temperature, res.best.top_k)
         );
-        assert!(res.best.sentence.contains("Best: temp"));
+        assert!(
+            res.best.sentence.contains("Best")
+                || res.best.sentence.contains("within the noise floor")
+                || res.best.sentence.contains("above the noise floor")
+                || res.best.sentence.contains("No ranking"),
+            "{}",
+            res.best.sentence
+        );
         let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
         assert_eq!(csv.lines().count(), 5);
         let md = std::fs::read_to_string(dir.join("sweep.md")).unwrap();

@@ -52,8 +52,27 @@ pub struct LogitStep {
     pub kl: f64,
     /// Entries compared (vocab for dense rows, the common indices for top-N rows).
     pub compared: u32,
-    /// Top-N rows whose index sets differ.
+    /// Top-N rows whose index sets differ beyond a boundary near-tie.
     pub index_mismatch: bool,
+    /// Cosine similarity of the two rows (over the compared entries); NaN when not computable.
+    pub cosine: f64,
+    /// Run A's / run B's row holds a NaN or an infinity.
+    pub nonfinite_a: bool,
+    pub nonfinite_b: bool,
+    /// At least one side is stored as top-N: entries outside the stored ones were not compared.
+    pub partial: bool,
+}
+
+/// Floor of the denominator of the relative error |a−b| / max(|a|, floor): `atol/rtol` (the
+/// magnitude below which the absolute tolerance dominates), 1 when rtol is 0.
+#[inline]
+pub fn rel_floor(atol: f32, rtol: f32) -> f32 {
+    let f = if rtol > 0.0 { atol / rtol } else { 1.0 };
+    if f.is_finite() && f > 0.0 {
+        f
+    } else {
+        f32::MIN_POSITIVE
+    }
 }
 
 const LANES: usize = 8;
@@ -90,6 +109,7 @@ thread_local! {
 pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> LogitStep {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len();
+    let floor = rel_floor(atol, rtol);
     // Maxima in lanes (vectorized), then the first index holding each.
     let mut ma = [f32::NEG_INFINITY; LANES];
     let mut mb = [f32::NEG_INFINITY; LANES];
@@ -134,14 +154,20 @@ pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> Logit
         let mut sm = [0f32; LANES];
         let mut rel = [0f32; LANES];
         let mut br = [f32::NEG_INFINITY; LANES];
+        let mut dab = [0f32; LANES];
+        let mut daa = [0f32; LANES];
+        let mut dbb = [0f32; LANES];
         for (xa, xb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
             for l in 0..LANES {
                 let d = (xa[l] - xb[l]).abs();
                 let m = xa[l].abs();
                 mx[l] = fmax(mx[l], d);
                 sm[l] += d;
-                rel[l] = fmax(rel[l], d / fmax(m, f32::MIN_POSITIVE));
+                rel[l] = fmax(rel[l], d / fmax(m, floor));
                 br[l] = fmax(br[l], d - (atol + rtol * m));
+                dab[l] += xa[l] * xb[l];
+                daa[l] += xa[l] * xa[l];
+                dbb[l] += xb[l] * xb[l];
             }
         }
         let mut max_abs = mx.iter().fold(0f32, |p, &q| p.max(q));
@@ -150,20 +176,27 @@ pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> Logit
         let mut breach = br.iter().fold(f32::NEG_INFINITY, |p, &q| p.max(q));
         let mut sum_a: f64 = sa.iter().map(|&v| v as f64).sum();
         let mut sum_d: f64 = sd.iter().map(|&v| v as f64).sum();
+        let mut s_ab: f64 = dab.iter().map(|&v| v as f64).sum();
+        let mut s_aa: f64 = daa.iter().map(|&v| v as f64).sum();
+        let mut s_bb: f64 = dbb.iter().map(|&v| v as f64).sum();
         for k in tail0..n {
             let (x, y) = (a[k], b[k]);
             let d = (x - y).abs();
             let m = x.abs();
             max_abs = max_abs.max(d);
             sum_abs += d as f64;
-            max_rel = max_rel.max(d / m.max(f32::MIN_POSITIVE));
+            max_rel = max_rel.max(d / m.max(floor));
+            s_ab += (x * y) as f64;
+            s_aa += (x * x) as f64;
+            s_bb += (y * y) as f64;
             breach = breach.max(d - (atol + rtol * m));
             sum_a += e[k] as f64;
             sum_d += (e[k] * (x - y)) as f64;
         }
-        // A NaN or infinity anywhere shows up in the sums.
-        let nan =
-            !sum_abs.is_finite() || !sum_a.is_finite() || !max_a.is_finite() || !max_b.is_finite();
+        // A NaN or infinity anywhere shows up in the sums (Σa², Σb² per side).
+        let nonfinite_a = !s_aa.is_finite() || !max_a.is_finite();
+        let nonfinite_b = !s_bb.is_finite() || !max_b.is_finite();
+        let nan = nonfinite_a || nonfinite_b || !sum_abs.is_finite() || !sum_a.is_finite();
         // Pass 2 (f64): with c ≈ E_P[d] and y = d − c,
         // KL = E_P[y] + ln(1 + E_P[expm1(−y)]); the first-order terms cancel analytically,
         // so the rounding error stays relative to KL itself.
@@ -219,12 +252,28 @@ pub fn compare_logits_dense(a: &[f32], b: &[f32], atol: f32, rtol: f32) -> Logit
             kl,
             compared: n as u32,
             index_mismatch: false,
+            cosine: cosine(s_ab, s_aa, s_bb, nan),
+            nonfinite_a,
+            nonfinite_b,
+            partial: false,
         }
     })
 }
 
+fn cosine(ab: f64, aa: f64, bb: f64, nan: bool) -> f64 {
+    let den = (aa * bb).sqrt();
+    if nan || den <= 0.0 || !den.is_finite() {
+        if !nan && aa == 0.0 && bb == 0.0 {
+            return 1.0;
+        }
+        f64::NAN
+    } else {
+        (ab / den).clamp(-1.0, 1.0)
+    }
+}
+
 /// Value of `row` at vocab index `i`, if stored.
-fn lookup(row: &Row<'_>, i: usize) -> Option<f32> {
+pub fn lookup(row: &Row<'_>, i: usize) -> Option<f32> {
     match row {
         Row::Dense(v) => v.get(i).copied(),
         Row::Top { values, indices } => indices
@@ -246,44 +295,110 @@ fn entries<'a>(row: &'a Row<'a>) -> Box<dyn Iterator<Item = (usize, f32)> + 'a> 
     }
 }
 
-/// Logits where at least one side is stored as top-N: errors over the indices both sides have;
-/// KL over the softmax renormalized to A's stored indices (an approximation, flagged in the
-/// report).
+/// The smallest stored value of a top-N row (the boundary of its stored set); `None` for dense
+/// rows.
+fn stored_min(row: &Row<'_>) -> Option<f32> {
+    match row {
+        Row::Dense(_) => None,
+        Row::Top { values, .. } => Some(values.iter().fold(f32::INFINITY, |m, &v| m.min(v))),
+    }
+}
+
+/// Logits where at least one side is stored as top-N: compared on the entries both sides
+/// stored. An entry stored by one side only is an index mismatch unless its value lies within
+/// tolerance of the other side's storage boundary (a near-tie at the N-th place, or a dense side
+/// whose own top-N holds it). KL over the softmax renormalized to the common entries (an
+/// approximation, flagged in the report).
 pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitStep {
     if let (Row::Dense(x), Row::Dense(y)) = (a, b) {
         return compare_logits_dense(x, y, atol, rtol);
     }
+    let floor = rel_floor(atol, rtol);
     let mut max_abs = 0f32;
     let mut sum_abs = 0f64;
     let mut max_rel = 0f32;
     let mut breach = false;
     let mut compared = 0u32;
     let mut mismatch = false;
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     let mut pairs: Vec<(f32, f32)> = Vec::new();
-    for (i, x) in entries(a) {
-        match lookup(b, i) {
-            Some(y) => {
+    // A value stored by one side only must not exceed the other side's boundary (the N-th
+    // largest value it kept) beyond tolerance; for a dense other side, the boundary is the
+    // value of the N-th largest entry of that side, N the top-N side's width.
+    let boundary = |other: &Row<'_>, n: usize| -> f32 {
+        match other {
+            Row::Top { .. } => stored_min(other).unwrap_or(f32::INFINITY),
+            Row::Dense(v) => {
+                let mut s: Vec<f32> = v.to_vec();
+                let n = n.clamp(1, s.len().max(1));
+                s.sort_by(|x, y| y.total_cmp(x));
+                s.get(n - 1).copied().unwrap_or(f32::NEG_INFINITY)
+            }
+        }
+    };
+    let width = |r: &Row<'_>| match r {
+        Row::Dense(v) => v.len(),
+        Row::Top { indices, .. } => indices.len(),
+    };
+    let (na, nb) = (width(a), width(b));
+    let n_top = match (a, b) {
+        (Row::Top { .. }, Row::Top { .. }) => na.min(nb),
+        (Row::Top { .. }, _) => na,
+        _ => nb,
+    };
+    let (bound_a, bound_b) = (boundary(a, n_top), boundary(b, n_top));
+    let (mut nonfinite_a, mut nonfinite_b) = (false, false);
+    // Iterate over the top-N side(s): a dense side is looked up.
+    let (iter_row, a_is_iter) = match a {
+        Row::Top { .. } => (a, true),
+        Row::Dense(_) => (b, false),
+    };
+    for (i, v) in entries(iter_row) {
+        let (x, y) = if a_is_iter {
+            (Some(v), lookup(b, i))
+        } else {
+            (lookup(a, i), Some(v))
+        };
+        match (x, y) {
+            (Some(x), Some(y)) => {
+                nonfinite_a |= !x.is_finite();
+                nonfinite_b |= !y.is_finite();
                 let d = (x - y).abs();
                 max_abs = max_abs.max(d);
                 sum_abs += d as f64;
-                max_rel = max_rel.max(d / x.abs().max(f32::MIN_POSITIVE));
+                max_rel = max_rel.max(d / x.abs().max(floor));
                 breach |= d > atol + rtol * x.abs() || d.is_nan();
                 compared += 1;
+                ab += x as f64 * y as f64;
+                aa += x as f64 * x as f64;
+                bb += y as f64 * y as f64;
                 pairs.push((x, y));
             }
-            None => mismatch = true,
+            (Some(x), None) => {
+                nonfinite_a |= !x.is_finite();
+                mismatch |= x.is_nan() || x > bound_b + atol + rtol * x.abs();
+            }
+            (None, Some(y)) => {
+                nonfinite_b |= !y.is_finite();
+                mismatch |= y.is_nan() || y > bound_a + atol + rtol * y.abs();
+            }
+            (None, None) => {}
         }
     }
-    if let Row::Top { indices, .. } = b {
-        if indices.iter().any(|&j| lookup(a, j as usize).is_none()) {
-            mismatch = true;
+    if let (Row::Top { .. }, Row::Top { indices, values }) = (a, b) {
+        for (&j, &y) in indices.iter().zip(values.iter()) {
+            if lookup(a, j as usize).is_none() {
+                nonfinite_b |= !y.is_finite();
+                mismatch |= y.is_nan() || y > bound_a + atol + rtol * y.abs();
+            }
         }
     }
     let top1 = |r: &Row<'_>| match r {
         Row::Dense(v) => argmax_max(v).0,
         Row::Top { indices, .. } => indices.first().map(|&i| i as u32).unwrap_or(0),
     };
-    let kl = if mismatch || pairs.is_empty() {
+    let nan = nonfinite_a || nonfinite_b;
+    let kl = if nan || pairs.is_empty() {
         f64::NAN
     } else {
         let ma = pairs.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.0)) as f64;
@@ -298,15 +413,19 @@ pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitSt
             .max(0.0)
     };
     LogitStep {
-        max_abs,
+        max_abs: if nan { f32::NAN } else { max_abs },
         mean_abs: (sum_abs / compared.max(1) as f64) as f32,
         max_rel,
-        breach: breach || mismatch,
+        breach: breach || mismatch || nan,
         argmax_a: top1(a),
         argmax_b: top1(b),
         kl,
         compared,
         index_mismatch: mismatch,
+        cosine: cosine(ab, aa, bb, nan),
+        nonfinite_a,
+        nonfinite_b,
+        partial: true,
     }
 }
 
@@ -314,78 +433,153 @@ pub fn compare_logits(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> LogitSt
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbStep {
     pub max_abs: f32,
+    /// Vocab index of the largest |p_A − p_B|.
+    pub max_abs_index: u32,
     pub breach: bool,
-    /// KL(P_A ‖ P_B) when the supports agree; NaN otherwise.
+    /// KL(P̃_A ‖ P̃_B) with both renormalized in f64 over the shared support
+    /// {p_A > 0} ∩ {p_B > 0} (∩ the stored entries); NaN when that support is empty.
     pub kl: f64,
-    /// The sets {p > 0} differ (then KL is not reported for this step).
+    /// The sets {p > 0} differ where both sides' supports are known (a token kept by one
+    /// sampler and not the other): a sampler-stage event.
     pub support_mismatch: bool,
+    /// Largest of the two sides' probability mass outside the shared support.
+    pub excluded_mass: f64,
+    /// The renormalized distributions still breach the tolerance (a difference in shape, not
+    /// only in the normalizer).
+    pub renorm_breach: bool,
     pub argmax_a: u32,
     pub argmax_b: u32,
+    /// p_A and p_B of run A's sampled token (NaN when a side did not store it).
+    pub p_tok_a: f64,
+    pub p_tok_b: f64,
+    pub nonfinite_a: bool,
+    pub nonfinite_b: bool,
 }
 
-/// ln(p/q) accurately when p ≈ q.
+/// ln(p/q) accurately when p ≈ q (p, q > 0).
 #[inline]
 fn ln_ratio(p: f64, q: f64) -> f64 {
-    let r = (q - p) / p;
-    if r.abs() < 1e-3 {
-        // -ln(1 + r)
-        -(r - r * r / 2.0 + r * r * r / 3.0)
-    } else {
-        (p / q).ln()
+    -((q - p) / p).ln_1p()
+}
+
+/// Whether a row's support {p > 0} is fully known: dense rows always; a top-N row when it
+/// stored a zero (then every unstored entry is zero too).
+fn support_known(r: &Row<'_>) -> bool {
+    match r {
+        Row::Dense(_) => true,
+        Row::Top { values, .. } => values.contains(&0.0),
     }
 }
 
-pub fn compare_probs(a: &Row<'_>, b: &Row<'_>, atol: f32, rtol: f32) -> ProbStep {
+/// Compares one step's sampler probabilities; `tok` is run A's sampled token.
+pub fn compare_probs(
+    a: &Row<'_>,
+    b: &Row<'_>,
+    atol: f32,
+    rtol: f32,
+    tok: Option<usize>,
+) -> ProbStep {
     let mut max_abs = 0f32;
+    let mut max_abs_index = 0u32;
     let mut breach = false;
     let mut support_mismatch = false;
-    let mut kl = 0f64;
+    let (mut nonfinite_a, mut nonfinite_b) = (false, false);
+    let (mut mass_a, mut mass_b) = (0f64, 0f64);
+    let (mut za, mut zb) = (0f64, 0f64);
+    let mut shared: Vec<(u32, f64, f64)> = Vec::new();
+    let (ka, kb) = (support_known(a), support_known(b));
+    let mut visit = |i: usize, p: Option<f32>, q: Option<f32>| {
+        let (pp, qq) = (p.unwrap_or(0.0), q.unwrap_or(0.0));
+        nonfinite_a |= !pp.is_finite();
+        nonfinite_b |= !qq.is_finite();
+        // An entry one side did not store (and whose value that side's storage does not
+        // imply) is unknown there: not compared.
+        let known_a = p.is_some() || ka;
+        let known_b = q.is_some() || kb;
+        if !(known_a && known_b) {
+            mass_a += pp.max(0.0) as f64;
+            mass_b += qq.max(0.0) as f64;
+            return;
+        }
+        let d = (pp - qq).abs();
+        if d > max_abs {
+            max_abs = d;
+            max_abs_index = i as u32;
+        }
+        breach |= d > atol + rtol * pp.abs() || d.is_nan();
+        mass_a += pp.max(0.0) as f64;
+        mass_b += qq.max(0.0) as f64;
+        if pp > 0.0 && qq > 0.0 {
+            za += pp as f64;
+            zb += qq as f64;
+            shared.push((i as u32, pp as f64, qq as f64));
+        } else if (pp > 0.0) != (qq > 0.0) {
+            // Known on both sides: stored, or unstored in a row whose support is known.
+            support_mismatch = true;
+        }
+    };
+    match (a, b) {
+        (Row::Dense(x), Row::Dense(y)) => {
+            for (i, (&p, &q)) in x.iter().zip(y.iter()).enumerate() {
+                visit(i, Some(p), Some(q));
+            }
+        }
+        _ => {
+            for (i, p) in entries(a) {
+                visit(i, Some(p), lookup(b, i));
+            }
+            for (i, q) in entries(b) {
+                if lookup(a, i).is_none() {
+                    visit(i, None, Some(q));
+                }
+            }
+        }
+    }
+    let nan = nonfinite_a || nonfinite_b;
+    // Pass 2 (f64) over the shared support: with r = ln(p/q) and P̃ = p/Z_A,
+    // KL(P̃‖Q̃) = E_P̃[r] + ln E_P̃[exp(−r)]; centred on c = E_P̃[r] the first-order terms
+    // cancel: KL = ln(1 + E_P̃[expm1(−(r − c))]).
+    let (kl, renorm_breach) = if nan || shared.is_empty() {
+        (f64::NAN, nan)
+    } else {
+        let c: f64 = shared
+            .iter()
+            .map(|&(_, p, q)| p * ln_ratio(p, q))
+            .sum::<f64>()
+            / za;
+        let s: f64 = shared
+            .iter()
+            .map(|&(_, p, q)| p * expm1_f64(-(ln_ratio(p, q) - c)))
+            .sum::<f64>()
+            / za;
+        let rb = shared.iter().any(|&(_, p, q)| {
+            let (pn, qn) = (p / za, q / zb);
+            (pn - qn).abs() > atol as f64 + rtol as f64 * pn
+        });
+        (s.ln_1p().max(0.0), rb)
+    };
     let top1 = |r: &Row<'_>| match r {
         Row::Dense(v) => argmax_max(v).0,
         Row::Top { indices, .. } => indices.first().map(|&i| i as u32).unwrap_or(0),
     };
-    if let (Row::Dense(x), Row::Dense(y)) = (a, b) {
-        for (&p, &q) in x.iter().zip(y.iter()) {
-            let d = (p - q).abs();
-            max_abs = max_abs.max(d);
-            breach |= d > atol + rtol * p.abs() || d.is_nan();
-            if (p > 0.0) != (q > 0.0) {
-                support_mismatch = true;
-            } else if p > 0.0 {
-                kl += p as f64 * ln_ratio(p as f64, q as f64);
-            }
-        }
-    } else {
-        for (i, p) in entries(a) {
-            let q = lookup(b, i).unwrap_or(0.0);
-            let d = (p - q).abs();
-            max_abs = max_abs.max(d);
-            breach |= d > atol + rtol * p.abs() || d.is_nan();
-            if (p > 0.0) != (q > 0.0) {
-                support_mismatch = true;
-            } else if p > 0.0 {
-                kl += p as f64 * ln_ratio(p as f64, q as f64);
-            }
-        }
-        for (i, q) in entries(b) {
-            if q > 0.0 && lookup(a, i).unwrap_or(0.0) <= 0.0 {
-                support_mismatch = true;
-                max_abs = max_abs.max(q);
-                breach |= q > atol;
-            }
-        }
-    }
+    let at = |r: &Row<'_>, t: Option<usize>| match t {
+        Some(t) => lookup(r, t).map_or(f64::NAN, |v| v as f64),
+        None => f64::NAN,
+    };
     ProbStep {
-        max_abs,
-        breach,
-        kl: if support_mismatch {
-            f64::NAN
-        } else {
-            kl.max(0.0)
-        },
+        max_abs: if nan { f32::NAN } else { max_abs },
+        max_abs_index,
+        breach: breach || nan,
+        kl,
         support_mismatch,
+        excluded_mass: ((mass_a - za).max(0.0)).max((mass_b - zb).max(0.0)),
+        renorm_breach,
         argmax_a: top1(a),
         argmax_b: top1(b),
+        p_tok_a: at(a, tok),
+        p_tok_b: at(b, tok),
+        nonfinite_a,
+        nonfinite_b,
     }
 }
 

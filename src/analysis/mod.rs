@@ -6,7 +6,7 @@ pub mod metrics;
 pub mod performance;
 pub mod stats;
 
-use crate::capture::{FrameBuf, Run, Storage};
+use crate::capture::{FrameBuf, Row, Run, Storage};
 use anyhow::{bail, Result};
 use divergence::{Stage, Step, StepEvidence};
 use metrics::{LogitStep, ProbStep, TokenDist};
@@ -16,29 +16,101 @@ use stats::{Estimate, Summary};
 /// Tolerances and statistics settings.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DiffOptions {
-    /// Logits breach when |a−b| > atol + rtol·|a| (a = reference).
-    pub atol: f32,
-    pub rtol: f32,
+    /// Logits breach when |a−b| > atol + rtol·|a| (a = reference). `None`: the default of the
+    /// runs' dtype ([`tolerances_for`]; the looser of the two runs' dtypes).
+    pub atol: Option<f32>,
+    pub rtol: Option<f32>,
     /// Absolute tolerance for sampler probabilities (rtol shared).
-    pub probs_atol: f32,
+    pub probs_atol: Option<f32>,
     /// Bootstrap resamples for the confidence intervals.
     pub resamples: usize,
     pub confidence: f64,
     pub seed: u64,
     /// How many most-frequent tokens to list per run.
     pub top_tokens: usize,
+    /// N of the top-N membership test at the first token mismatch.
+    pub membership_n: usize,
+    /// Rows of the top-N table at the divergence step.
+    pub table_n: usize,
+}
+
+/// The tolerances a comparison used, and where they came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Tolerances {
+    pub atol: f32,
+    pub rtol: f32,
+    pub probs_atol: f32,
+    /// The dtype whose defaults apply (the looser of the two runs').
+    pub dtype: String,
+    /// `dtype default` or `given` per value, e.g. "atol given, rtol and probs-atol bf16 defaults".
+    pub source: String,
+}
+
+/// Default (atol, rtol, probs_atol) for runs computed in `dtype`. f32: 1e-3, 1e-3, 1e-4; the
+/// half-precision defaults use `verify`'s logit atol (f16 1e-1, bf16 5e-1) with an rtol of a few
+/// units of the format's rounding (f16 2⁻¹⁰ ≈ 1e-3 → 1e-2, bf16 2⁻⁷ ≈ 8e-3 → 3e-2).
+pub fn tolerances_for(dtype: &str) -> (f32, f32, f32) {
+    match dtype {
+        "f16" | "float16" => (1e-1, 1e-2, 1e-2),
+        "bf16" | "bfloat16" => (5e-1, 3e-2, 5e-2),
+        _ => (1e-3, 1e-3, 1e-4),
+    }
+}
+
+/// Looseness rank of a dtype (bf16 loosest).
+fn dtype_rank(d: &str) -> u8 {
+    match d {
+        "bf16" | "bfloat16" => 2,
+        "f16" | "float16" => 1,
+        _ => 0,
+    }
+}
+
+impl DiffOptions {
+    /// The tolerances for runs in dtypes `da` and `db`.
+    pub fn resolve(&self, da: &str, db: &str) -> Tolerances {
+        let dtype = if dtype_rank(db) > dtype_rank(da) {
+            db
+        } else {
+            da
+        };
+        let (atol, rtol, patol) = tolerances_for(dtype);
+        let given: Vec<&str> = [
+            ("atol", self.atol.is_some()),
+            ("rtol", self.rtol.is_some()),
+            ("probs-atol", self.probs_atol.is_some()),
+        ]
+        .iter()
+        .filter(|x| x.1)
+        .map(|x| x.0)
+        .collect();
+        let source = match given.len() {
+            0 => format!("{dtype} defaults"),
+            3 => "given".to_string(),
+            _ => format!("{} given, the rest {dtype} defaults", given.join(", ")),
+        };
+        Tolerances {
+            atol: self.atol.unwrap_or(atol),
+            rtol: self.rtol.unwrap_or(rtol),
+            probs_atol: self.probs_atol.unwrap_or(patol),
+            dtype: dtype.to_string(),
+            source,
+        }
+    }
 }
 
 impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
-            atol: 1e-3,
-            rtol: 1e-3,
-            probs_atol: 1e-4,
+            atol: None,
+            rtol: None,
+            probs_atol: None,
             resamples: 1000,
             confidence: 0.95,
             seed: 0,
             top_tokens: 10,
+            membership_n: 5,
+            table_n: 10,
         }
     }
 }
@@ -59,6 +131,10 @@ pub struct RunInfo {
     pub fault: Option<String>,
     /// Mean per-frame time from step_us.npy, ms.
     pub mean_frame_ms: Option<f64>,
+    pub dtype: String,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub prompt_text: String,
 }
 
 impl RunInfo {
@@ -77,6 +153,10 @@ impl RunInfo {
             post: m.sampler.post.clone(),
             stop_reason: m.stop_reason.clone(),
             fault: m.backend.fault.clone(),
+            dtype: m.backend.dtype.clone(),
+            temperature: m.sampler.temperature,
+            top_k: m.sampler.top_k,
+            prompt_text: m.prompt.text.clone(),
             mean_frame_ms: if s.is_empty() {
                 None
             } else {
@@ -88,7 +168,9 @@ impl RunInfo {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Verdict {
-    /// `identical`, `numerically-close` or `diverged`.
+    /// `identical`, `numerically-close`, `tokens-identical` (tokens agree but logits/probs
+    /// were not recorded by both runs, so identity cannot be claimed), `diverged` or
+    /// `performance`.
     pub kind: String,
     /// The one-line verdict printed first.
     pub line: String,
@@ -98,30 +180,40 @@ pub struct Verdict {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Divergence {
-    /// Earliest step where any stage differs, and the stage responsible there.
+    /// Earliest step where any stage differs, and the stage responsible there (stage `input`
+    /// with no step when the prompts differ).
     pub point: Option<Step>,
     pub stage: Option<Stage>,
     pub explanation: Option<String>,
+    /// The prompts' token ids differ: (first differing position, A's length, B's length).
+    pub input_mismatch: Option<[usize; 3]>,
     pub first_token_mismatch: Option<Step>,
     /// First step whose sampled tokens agree but whose post-processed tokens differ.
     pub first_post_only_mismatch: Option<Step>,
     pub first_logits_breach: Option<Step>,
     pub first_probs_breach: Option<Step>,
+    /// First step where one sampler kept a token (p > 0) the other did not (stage sampler).
+    pub first_support_mismatch: Option<Step>,
     pub first_top1_mismatch: Option<Step>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogitStats {
-    /// Per-step max |a−b|.
+    /// Per-step max |a−b| over the steps with finite values.
     pub max_abs: Summary,
     /// Mean over steps of the per-step mean |a−b|.
     pub mean_abs: f64,
-    /// Largest per-entry relative error |a−b|/|a|.
+    /// Largest per-entry relative error |a−b| / max(|a|, atol/rtol) (floored denominator).
     pub max_rel: f64,
     pub breaches: usize,
     /// Per-step KL(softmax(a) ‖ softmax(b)) at temperature 1.
     pub kl: Option<Summary>,
-    /// True when a run stores only top-N logits (KL then over A's top-N, renormalized).
+    /// Per-step cosine similarity of the two logit rows.
+    pub cosine: Option<Summary>,
+    /// Compared steps left out of the summaries because a row held NaN/Inf.
+    pub nonfinite_steps: usize,
+    /// True when a run stores only top-N logits (compared on the entries both stored; KL over
+    /// those entries, renormalized).
     pub top_n_approximation: bool,
 }
 
@@ -129,10 +221,20 @@ pub struct LogitStats {
 pub struct ProbStats {
     pub max_abs: Summary,
     pub breaches: usize,
-    /// KL(P_A ‖ P_B) over steps whose supports agree.
+    /// KL(P̃_A ‖ P̃_B), both renormalized in f64 over the shared support, over every compared
+    /// step (support-mismatch steps included).
     pub kl: Option<Summary>,
-    /// Steps where {p > 0} differs (excluded from KL instead of reporting ∞).
+    /// The same KL over the steps whose supports agree.
+    pub kl_matched_support: Option<Summary>,
+    /// The same KL over the support-mismatch steps only.
+    pub kl_support_mismatch: Option<Summary>,
+    /// Steps where {p > 0} differs (a token kept by one sampler and not the other).
     pub support_mismatch_steps: usize,
+    /// Per support-mismatch step: the larger side's probability mass outside the shared support.
+    pub excluded_mass: Option<Summary>,
+    /// Δp = p_B(t) − p_A(t) of run A's sampled token t per step.
+    pub dp_sampled: Option<Summary>,
+    pub nonfinite_steps: usize,
 }
 
 /// Metrics over all codebooks (`codebook: None`) or one codebook.
@@ -145,6 +247,10 @@ pub struct Metrics {
     pub post_token_agreement: f64,
     /// Fraction of steps where argmax(logits) agrees (argmax(probs) without logits).
     pub top1_agreement: Option<f64>,
+    /// Both runs recorded logits / probs (the stats below may still be absent when every
+    /// compared step was non-finite).
+    pub logits_recorded: bool,
+    pub probs_recorded: bool,
     pub logits: Option<LogitStats>,
     pub probs: Option<ProbStats>,
     /// Histogram/set metrics of the sampled tokens over the common prefix (all steps).
@@ -157,6 +263,69 @@ pub struct Confidence {
     pub top1_agreement: Option<Estimate>,
     pub kl_logits_mean: Option<Estimate>,
     pub hist_intersection: Option<Estimate>,
+    /// How the intervals are computed.
+    pub method: String,
+}
+
+/// Steps of one run whose logits / probs hold a NaN or an infinity (common prefix).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct NonFiniteCounts {
+    pub logits_steps: usize,
+    pub probs_steps: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct NonFinite {
+    pub a: NonFiniteCounts,
+    pub b: NonFiniteCounts,
+}
+
+/// The entry with the largest |Δlogit| over the compared steps.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LargestError {
+    pub step: Step,
+    /// Vocab index.
+    pub index: usize,
+    pub a: f32,
+    pub b: f32,
+    pub abs: f32,
+}
+
+/// At the first sampled-token mismatch: is each side's token in the other's top-N?
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Membership {
+    pub step: Step,
+    pub n: usize,
+    /// `probs` or `logits` (softmax at temperature 1).
+    pub source: String,
+    pub token_a: i32,
+    pub token_b: i32,
+    /// 1-based rank of B's token in A's distribution, and of A's token in B's.
+    pub rank_of_b_in_a: Option<usize>,
+    pub rank_of_a_in_b: Option<usize>,
+    pub b_in_top_n_of_a: bool,
+    pub a_in_top_n_of_b: bool,
+    /// Both tokens in both top-Ns: a near-tie resolved differently, a warning rather than a
+    /// model bug.
+    pub near_tie: bool,
+}
+
+/// One row of the top-N table at the divergence step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopRow {
+    pub token: i32,
+    pub p_a: Option<f64>,
+    pub p_b: Option<f64>,
+    pub rank_a: Option<usize>,
+    pub rank_b: Option<usize>,
+}
+
+/// The top-N tokens of either side with both sides' probabilities at the divergence step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopTable {
+    pub step: Step,
+    pub source: String,
+    pub rows: Vec<TopRow>,
 }
 
 /// Per-step results, kept for plots (not serialized).
@@ -191,14 +360,26 @@ pub struct Diff {
     pub teacher_forced: bool,
     pub steps_total: usize,
     pub steps_comparable: usize,
-    /// How steps after the first token mismatch were treated.
+    /// How steps after the first mismatch in what the models were fed were treated.
     pub comparability: String,
     pub options: DiffOptions,
+    /// The tolerances used (dtype-aware defaults unless given).
+    pub tolerances: Tolerances,
     pub verdict: Verdict,
     pub divergence: Divergence,
     pub overall: Metrics,
     pub per_codebook: Vec<Metrics>,
     pub confidence: Confidence,
+    /// Non-finite logits/probs steps per run.
+    pub nonfinite: NonFinite,
+    /// What could not be compared (one side did not record it, or stored only top-N).
+    pub not_compared: Vec<String>,
+    /// Steps whose post-processed token differs from the sampled one, per run (A, B): 0 means
+    /// post-processing never changed a token (a remap fault was not triggered).
+    pub post_changed: [usize; 2],
+    pub largest_logit_error: Option<LargestError>,
+    pub first_mismatch_membership: Option<Membership>,
+    pub divergence_top: Option<TopTable>,
     /// Step cost against position (KV-cache / O(n²) check).
     pub performance: performance::Performance,
     pub warnings: Vec<String>,
@@ -213,6 +394,103 @@ fn first(steps: &StepData, pred: impl Fn(usize) -> bool, end: usize) -> Option<S
     (0..end)
         .find(|&i| pred(i))
         .map(|i| Step::from_index(i, steps.codebooks))
+}
+
+/// The tokens the model of `run` was fed, frame-major: today the sampled tokens (capture feeds
+/// back `tokens.npy`, never `post_tokens.npy`; in teacher mode the candidate is fed the
+/// reference's tokens, which `compare` handles by treating every step as comparable). The one
+/// place to switch to a recorded `fed_tokens.npy` when the run format offers it.
+pub fn fed_tokens(run: &Run) -> &[i32] {
+    run.tokens()
+}
+
+/// Sampler settings that matter: temperatures compared at f32 precision (the samplers run in
+/// f32; an f64 rendering of the same f32 is no difference), top-k only when sampling.
+fn sampler_warnings(ma: &crate::capture::Manifest, mb: &crate::capture::Manifest) -> Vec<String> {
+    let (sa, sb) = (&ma.sampler, &mb.sampler);
+    let greedy = |s: &crate::capture::SamplerInfo| s.noise == "greedy" || s.temperature == 0.0;
+    let mut w = Vec::new();
+    if (sa.temperature as f32) != (sb.temperature as f32) {
+        w.push(format!(
+            "sampler temperature differs: A {}, B {}",
+            sa.temperature as f32, sb.temperature as f32
+        ));
+    }
+    if sa.top_k != sb.top_k && !(greedy(sa) && greedy(sb)) {
+        w.push(format!(
+            "sampler top_k differs: A {}, B {}",
+            sa.top_k, sb.top_k
+        ));
+    }
+    for (k, x, y) in [
+        ("seed", sa.seed.to_string(), sb.seed.to_string()),
+        ("noise", sa.noise.clone(), sb.noise.clone()),
+        ("post", sa.post.clone(), sb.post.clone()),
+    ] {
+        if x != y {
+            w.push(format!("sampler {k} differs: A {x}, B {y}"));
+        }
+    }
+    w
+}
+
+/// Row values as (index, value) sorted descending; softmax first for logits.
+fn ranked(row: &Row<'_>, softmax: bool) -> Vec<(usize, f64)> {
+    let mut v: Vec<(usize, f64)> = match row {
+        Row::Dense(x) => x.iter().map(|&y| y as f64).enumerate().collect(),
+        Row::Top { values, indices } => indices
+            .iter()
+            .zip(values.iter())
+            .map(|(&i, &y)| (i as usize, y as f64))
+            .collect(),
+    };
+    if softmax {
+        let m = v.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.1));
+        let z: f64 = v.iter().map(|x| (x.1 - m).exp()).sum();
+        for x in v.iter_mut() {
+            x.1 = (x.1 - m).exp() / z;
+        }
+    }
+    v.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    v
+}
+
+fn rank_of(r: &[(usize, f64)], t: usize) -> Option<usize> {
+    r.iter().position(|x| x.0 == t).map(|k| k + 1)
+}
+
+fn prob_of(r: &[(usize, f64)], t: usize) -> Option<f64> {
+    r.iter().find(|x| x.0 == t).map(|x| x.1)
+}
+
+/// (index, value) pairs sorted by value, descending.
+type Ranked = Vec<(usize, f64)>;
+
+/// Both sides' ranked distributions at step `i`: probs when both recorded them, else the
+/// softmax of the logits.
+fn dists_at(a: &Run, b: &Run, i: usize, c_n: usize) -> Result<Option<(String, Ranked, Ranked)>> {
+    let (f, c) = (i / c_n, i % c_n);
+    let (mut ba, mut bb) = (FrameBuf::default(), FrameBuf::default());
+    for (src, pa, pb, soft) in [
+        ("probs", a.probs(), b.probs(), false),
+        ("logits (softmax, T = 1)", a.logits(), b.logits(), true),
+    ] {
+        if let (Some(pa), Some(pb)) = (pa, pb) {
+            pa.read_frame(f, &mut ba)?;
+            pb.read_frame(f, &mut bb)?;
+            return Ok(Some((
+                src.to_string(),
+                ranked(&ba.row(c), soft),
+                ranked(&bb.row(c), soft),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether any value of `v` is NaN/Inf (summed: vectorizes).
+fn any_nonfinite(v: &[f32]) -> bool {
+    !v.iter().map(|&x| x * 0.0).sum::<f32>().is_finite()
 }
 
 /// Compares run `b` (candidate) against run `a` (reference).
@@ -236,41 +514,26 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
             b.vocab()
         );
     }
+    let tol = opt.resolve(&ma.backend.dtype, &mb.backend.dtype);
     let mut warnings = Vec::new();
-    if ma.prompt.token_ids != mb.prompt.token_ids {
-        warnings.push(
-            "the prompts' token ids differ: the runs do not start from the same context".into(),
-        );
-    }
+    let input_mismatch = if ma.prompt.token_ids != mb.prompt.token_ids {
+        let (pa, pb) = (&ma.prompt.token_ids, &mb.prompt.token_ids);
+        let k = pa
+            .iter()
+            .zip(pb)
+            .position(|(x, y)| x != y)
+            .unwrap_or(pa.len().min(pb.len()));
+        Some([k, pa.len(), pb.len()])
+    } else {
+        None
+    };
     if ma.model.sha256 != mb.model.sha256
         && !ma.model.sha256.is_empty()
         && !mb.model.sha256.is_empty()
     {
         warnings.push("the runs used different weight files (sha256 differs)".into());
     }
-    for (k, x, y) in [
-        (
-            "temperature",
-            ma.sampler.temperature.to_string(),
-            mb.sampler.temperature.to_string(),
-        ),
-        (
-            "top_k",
-            ma.sampler.top_k.to_string(),
-            mb.sampler.top_k.to_string(),
-        ),
-        (
-            "seed",
-            ma.sampler.seed.to_string(),
-            mb.sampler.seed.to_string(),
-        ),
-        ("noise", ma.sampler.noise.clone(), mb.sampler.noise.clone()),
-        ("post", ma.sampler.post.clone(), mb.sampler.post.clone()),
-    ] {
-        if x != y {
-            warnings.push(format!("sampler {k} differs: A {x}, B {y}"));
-        }
-    }
+    warnings.extend(sampler_warnings(ma, mb));
     let c_n = a.codebooks();
     let frames = a.frames().min(b.frames());
     let lengths_differ = a.frames() != b.frames();
@@ -290,28 +553,55 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         .zip(&b.post_tokens()[..total])
         .map(|(x, y)| x == y)
         .collect();
+    let changed = |r: &Run| {
+        r.tokens()[..total]
+            .iter()
+            .zip(&r.post_tokens()[..total])
+            .filter(|(x, y)| x != y)
+            .count()
+    };
+    let post_changed = [changed(a), changed(b)];
     let first_tok = (0..total).find(|&i| tokens_a[i] != tokens_b[i]);
-    let first_post = (0..total).find(|&i| !post_eq[i]);
-    // Without teacher forcing, a step after the first token (or post-token) mismatch sees a
-    // different context: only steps up to and including that one are comparable.
+    let (fed_a, fed_b) = (&fed_tokens(a)[..total], &fed_tokens(b)[..total]);
+    let first_fed = (0..total).find(|&i| fed_a[i] != fed_b[i]);
+    // Without teacher forcing, a step after the first mismatch in what the models were fed sees
+    // a different context: only steps up to and including that one are comparable. A
+    // post-processing difference alone does not end comparability (the models are fed the
+    // sampled tokens).
     let comparable_end = if teacher {
         total
     } else {
-        match (first_tok, first_post) {
-            (None, None) => total,
-            (x, y) => x.unwrap_or(usize::MAX).min(y.unwrap_or(usize::MAX)) + 1,
-        }
+        first_fed.map_or(total, |i| i + 1)
     };
     let comparability = if teacher {
         "teacher-forced: every step is comparable".to_string()
     } else if comparable_end < total {
         format!(
-            "not teacher-forced: steps after the first token mismatch see different contexts; \
-             step-wise metrics use the first {comparable_end} of {total} steps (token histograms use all)"
+            "not teacher-forced: steps after the first mismatch in the tokens the models were fed \
+             see different contexts; step-wise metrics use the first {comparable_end} of {total} \
+             steps (token histograms use all)"
         )
     } else {
-        "all steps comparable (no token mismatch)".to_string()
+        "all steps comparable (the models were fed the same tokens)".to_string()
     };
+    let storage_of = |r: &Run, l: bool| {
+        let d = if l { r.logits() } else { r.probs() };
+        d.map(|d| d.storage())
+    };
+    let mut not_compared = Vec::new();
+    for (what, l) in [("logits", true), ("probs", false)] {
+        match (storage_of(a, l), storage_of(b, l)) {
+            (Some(_), None) => not_compared.push(format!("{what}: B recorded none (A did)")),
+            (None, Some(_)) => not_compared.push(format!("{what}: A recorded none (B did)")),
+            (None, None) => not_compared.push(format!("{what}: recorded by neither run")),
+            (Some(x), Some(y)) if !x.is_dense() || !y.is_dense() => not_compared.push(format!(
+                "{what}: compared on the entries both runs stored (A {}, B {}); the others could not be compared",
+                if l { &ma.logits_storage } else { &ma.probs_storage },
+                if l { &mb.logits_storage } else { &mb.probs_storage }
+            )),
+            _ => {}
+        }
+    }
     // Stream logits/probs frame by frame.
     let logits_pair = match (a.logits(), b.logits()) {
         (Some(x), Some(y)) => Some((x, y)),
@@ -323,6 +613,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
     };
     let mut logits_steps: Vec<Option<LogitStep>> = vec![None; total];
     let mut probs_steps: Vec<Option<ProbStep>> = vec![None; total];
+    let mut nonfinite = NonFinite::default();
     let mut bytes_read = 0u64;
     let comparable_frames = comparable_end.div_ceil(c_n).min(frames);
     let (mut ba, mut bb) = (FrameBuf::default(), FrameBuf::default());
@@ -336,31 +627,71 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
                 if i >= comparable_end {
                     break;
                 }
-                logits_steps[i] = Some(metrics::compare_logits(
-                    &ba.row(c),
-                    &bb.row(c),
-                    opt.atol,
-                    opt.rtol,
-                ));
+                let s = metrics::compare_logits(&ba.row(c), &bb.row(c), tol.atol, tol.rtol);
+                nonfinite.a.logits_steps += s.nonfinite_a as usize;
+                nonfinite.b.logits_steps += s.nonfinite_b as usize;
+                logits_steps[i] = Some(s);
             }
         }
     }
+    // With top-N logits, a probability error at an entry whose logits were not stored by both
+    // runs is not cleared by the logits comparison.
+    let logits_partial_pair =
+        logits_pair.filter(|(x, y)| !x.storage().is_dense() || !y.storage().is_dense());
+    let mut probs_uncovered = vec![false; total];
+    let (mut la_buf, mut lb_buf) = (FrameBuf::default(), FrameBuf::default());
     if let Some((pa, pb)) = probs_pair {
         for f in 0..comparable_frames {
             pa.read_frame(f, &mut ba)?;
             pb.read_frame(f, &mut bb)?;
             bytes_read += (ba.values().len() + bb.values().len()) as u64 * 4;
+            if let Some((la, lb)) = logits_partial_pair {
+                la.read_frame(f, &mut la_buf)?;
+                lb.read_frame(f, &mut lb_buf)?;
+            }
             for c in 0..c_n {
                 let i = f * c_n + c;
                 if i >= comparable_end {
                     break;
                 }
-                probs_steps[i] = Some(metrics::compare_probs(
+                let s = metrics::compare_probs(
                     &ba.row(c),
                     &bb.row(c),
-                    opt.probs_atol,
-                    opt.rtol,
-                ));
+                    tol.probs_atol,
+                    tol.rtol,
+                    usize::try_from(tokens_a[i]).ok(),
+                );
+                nonfinite.a.probs_steps += s.nonfinite_a as usize;
+                nonfinite.b.probs_steps += s.nonfinite_b as usize;
+                if logits_partial_pair.is_some() && s.breach {
+                    let k = s.max_abs_index as usize;
+                    probs_uncovered[i] = metrics::lookup(&la_buf.row(c), k).is_none()
+                        || metrics::lookup(&lb_buf.row(c), k).is_none();
+                }
+                probs_steps[i] = Some(s);
+            }
+        }
+    }
+    // Non-finite values in the steps that were not compared (after the context diverged).
+    for (run, counts) in [(a, &mut nonfinite.a), (b, &mut nonfinite.b)] {
+        for (d, probs) in [(run.logits(), false), (run.probs(), true)] {
+            let Some(d) = d else { continue };
+            for f in comparable_end / c_n..frames {
+                d.read_frame(f, &mut ba)?;
+                for c in 0..c_n {
+                    let i = f * c_n + c;
+                    if i < comparable_end {
+                        continue;
+                    }
+                    let w = ba.width();
+                    if any_nonfinite(&ba.values()[c * w..(c + 1) * w]) {
+                        if probs {
+                            counts.probs_steps += 1;
+                        } else {
+                            counts.logits_steps += 1;
+                        }
+                    }
+                }
             }
         }
     }
@@ -376,7 +707,10 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
     };
     let evidence = |i: usize| StepEvidence {
         logits_breach: steps.logits[i].map(|s| s.breach),
+        logits_partial: steps.logits[i].is_some_and(|s| s.partial),
         probs_breach: steps.probs[i].map(|s| s.breach),
+        probs_shape_breach: steps.probs[i].is_some_and(|s| s.renorm_breach) && !probs_uncovered[i],
+        support_differ: steps.probs[i].is_some_and(|s| s.support_mismatch),
         tokens_differ: !steps.tok_eq(i),
         post_differ: !steps.post_eq[i],
     };
@@ -392,13 +726,34 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         .then(|| (0..comparable_end).find(|&i| numeric(i)))
         .flatten()
         .or_else(|| (0..comparable_end).find(|&i| evidence(i).any()));
-    let point = point_i.map(|i| Step::from_index(i, c_n));
-    let stage = point_i.and_then(|i| divergence::attribute(&evidence(i)));
+    let (point, stage) = if input_mismatch.is_some() {
+        (None, Some(Stage::Input))
+    } else {
+        (
+            point_i.map(|i| Step::from_index(i, c_n)),
+            point_i.and_then(|i| divergence::attribute(&evidence(i))),
+        )
+    };
     let noise = ma.sampler.noise.as_str();
+    let hybrid = ma.sampler.mode == "hybrid" || mb.sampler.mode == "hybrid";
+    let explanation = match (stage, input_mismatch) {
+        (Some(Stage::Input), Some([k, la, lb])) => Some(format!(
+            "the prompts' token ids differ (first at position {k}; A {la} tokens, B {lb}): the runs do not start from the same context, so every later difference may follow from it"
+        )),
+        (Some(s), _) => Some(divergence::explain(
+            s,
+            noise,
+            probs_pair.is_none(),
+            hybrid,
+            logits_pair.is_some_and(|(x, y)| !x.storage().is_dense() || !y.storage().is_dense()),
+        )),
+        _ => None,
+    };
     let divergence = Divergence {
         point,
         stage,
-        explanation: stage.map(|s| divergence::explain(s, noise, probs_pair.is_none())),
+        explanation,
+        input_mismatch,
         first_token_mismatch: first_tok.map(|i| Step::from_index(i, c_n)),
         first_post_only_mismatch: first(&steps, |i| steps.tok_eq(i) && !steps.post_eq[i], total),
         first_logits_breach: first(
@@ -409,6 +764,11 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         first_probs_breach: first(
             &steps,
             |i| steps.probs[i].is_some_and(|s| s.breach),
+            comparable_end,
+        ),
+        first_support_mismatch: first(
+            &steps,
+            |i| steps.probs[i].is_some_and(|s| s.support_mismatch),
             comparable_end,
         ),
         first_top1_mismatch: first(
@@ -422,12 +782,21 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
             comparable_end,
         ),
     };
-    let exact = (0..comparable_end).all(|i| {
+    let logits_both = logits_pair.is_some();
+    let probs_both = probs_pair.is_some();
+    // Identity needs data: every distribution either run recorded must have been recorded by
+    // both and compared equal.
+    let one_sided = not_compared.iter().any(|n| n.contains("recorded none"));
+    let nothing = !logits_both && !probs_both;
+    let exact_values = (0..comparable_end).all(|i| {
         steps.tok_eq(i)
             && steps.post_eq[i]
             && steps.logits[i].is_none_or(|s| s.max_abs == 0.0 && !s.index_mismatch)
             && steps.probs[i].is_none_or(|s| s.max_abs == 0.0 && !s.support_mismatch)
     });
+    let partial = logits_pair
+        .is_some_and(|(x, y)| !x.storage().is_dense() || !y.storage().is_dense())
+        || probs_pair.is_some_and(|(x, y)| !x.storage().is_dense() || !y.storage().is_dense());
     let suffix = if lengths_differ {
         format!(
             " on the common prefix ({frames} frames; A {}, B {})",
@@ -438,6 +807,12 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         format!(" ({frames} frames × {c_n} codebooks)")
     };
     let verdict = match (point, stage) {
+        (None, Some(Stage::Input)) => Verdict {
+            kind: "diverged".into(),
+            line: format!("DIVERGED in stage input: the prompts differ{suffix}"),
+            point: None,
+            stage,
+        },
         (Some(p), Some(s)) => Verdict {
             kind: "diverged".into(),
             line: format!(
@@ -449,25 +824,51 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
             point: Some(p),
             stage: Some(s),
         },
-        _ if exact => Verdict {
+        _ if one_sided || nothing => Verdict {
+            kind: "tokens-identical".into(),
+            line: format!(
+                "TOKENS IDENTICAL{suffix} — {}: identity of the numbers cannot be claimed",
+                if one_sided {
+                    not_compared
+                        .iter()
+                        .filter(|n| n.contains("recorded none"))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                } else {
+                    "neither logits nor probs were recorded by both runs".to_string()
+                }
+            ),
+            point: None,
+            stage: None,
+        },
+        _ if exact_values => Verdict {
             kind: "identical".into(),
-            line: format!("IDENTICAL{suffix}"),
+            line: format!(
+                "IDENTICAL{suffix}{}",
+                if partial {
+                    " on the entries both runs stored (top-N storage)"
+                } else {
+                    ""
+                }
+            ),
             point: None,
             stage: None,
         },
         _ => Verdict {
             kind: "numerically-close".into(),
             line: format!(
-                "NUMERICALLY CLOSE within atol {} rtol {}{suffix}",
-                opt.atol, opt.rtol
+                "NUMERICALLY CLOSE within atol {} rtol {} ({}){suffix}",
+                tol.atol, tol.rtol, tol.source
             ),
             point: None,
             stage: None,
         },
     };
-    let overall = metrics_for(&steps, None, opt, logits_pair.is_some() && is_top(a, b));
+    let top_n = logits_both && is_top(a, b);
+    let overall = metrics_for(&steps, None, opt, top_n, logits_both, probs_both);
     let per_codebook = (0..c_n)
-        .map(|c| metrics_for(&steps, Some(c), opt, logits_pair.is_some() && is_top(a, b)))
+        .map(|c| metrics_for(&steps, Some(c), opt, top_n, logits_both, probs_both))
         .collect();
     let confidence = confidence(&steps, opt);
     let performance = performance::compare(
@@ -477,20 +878,128 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         &b.manifest().timings.step_positions,
     );
     let verdict = match (&verdict.kind[..], &performance.explanation) {
-        ("identical" | "numerically-close", Some(_)) => Verdict {
+        ("identical" | "numerically-close" | "tokens-identical", Some(_)) => Verdict {
             kind: "performance".into(),
             line: format!(
                 "PERFORMANCE DIVERGENCE — numbers {}{suffix}; per-step cost grows with position",
-                if verdict.kind == "identical" {
-                    "identical"
-                } else {
-                    "close"
+                match verdict.kind.as_str() {
+                    "identical" => "identical",
+                    "tokens-identical" => "not compared (tokens identical)",
+                    _ => "close",
                 }
             ),
             point: None,
             stage: Some(Stage::Performance),
         },
         _ => verdict,
+    };
+    // Peer metrics that need one more look at a single frame.
+    let largest_logit_error = match logits_pair {
+        Some((la, lb)) => {
+            let best = (0..comparable_end)
+                .filter_map(|i| steps.logits[i].map(|s| (i, s.max_abs)))
+                .filter(|x| x.1.is_finite() && x.1 > 0.0)
+                .fold(None, |m: Option<(usize, f32)>, x| match m {
+                    Some(m) if m.1 >= x.1 => Some(m),
+                    _ => Some(x),
+                });
+            match best {
+                Some((i, _)) => {
+                    la.read_frame(i / c_n, &mut ba)?;
+                    lb.read_frame(i / c_n, &mut bb)?;
+                    let (ra, rb) = (ba.row(i % c_n), bb.row(i % c_n));
+                    let ea = ranked(&ra, false);
+                    let eb = ranked(&rb, false);
+                    let mut top: Option<LargestError> = None;
+                    for &(k, x) in &ea {
+                        if let Some(y) = prob_of(&eb, k) {
+                            let d = (x - y).abs() as f32;
+                            if top.as_ref().is_none_or(|t| d > t.abs) {
+                                top = Some(LargestError {
+                                    step: Step::from_index(i, c_n),
+                                    index: k,
+                                    a: x as f32,
+                                    b: y as f32,
+                                    abs: d,
+                                });
+                            }
+                        }
+                    }
+                    top
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let first_mismatch_membership = match first_tok.filter(|&i| i < comparable_end) {
+        Some(i) => dists_at(a, b, i, c_n)?.map(|(source, ra, rb)| {
+            let (ta, tb) = (steps.tokens_a[i], steps.tokens_b[i]);
+            let n = opt.membership_n;
+            let rba = rank_of(&ra, tb.max(0) as usize);
+            let rab = rank_of(&rb, ta.max(0) as usize);
+            let b_in_a = rba.is_some_and(|r| r <= n);
+            let a_in_b = rab.is_some_and(|r| r <= n);
+            Membership {
+                step: Step::from_index(i, c_n),
+                n,
+                source,
+                token_a: ta,
+                token_b: tb,
+                rank_of_b_in_a: rba,
+                rank_of_a_in_b: rab,
+                b_in_top_n_of_a: b_in_a,
+                a_in_top_n_of_b: a_in_b,
+                near_tie: b_in_a && a_in_b,
+            }
+        }),
+        None => None,
+    };
+    if let Some(m) = &first_mismatch_membership {
+        if m.near_tie {
+            warnings.push(format!(
+                "at the first token mismatch (frame {} codebook {}) each side's token is in the other's top-{} (rank {} and {}): a near-tie resolved differently, not by itself a model bug",
+                m.step.frame,
+                m.step.codebook,
+                m.n,
+                m.rank_of_b_in_a.unwrap_or(0),
+                m.rank_of_a_in_b.unwrap_or(0)
+            ));
+        }
+    }
+    let divergence_top = match point.map(|p| p.frame * c_n + p.codebook) {
+        Some(i) => dists_at(a, b, i, c_n)?.map(|(source, ra, rb)| {
+            let n = opt.table_n;
+            let mut toks: Vec<usize> = ra.iter().take(n).map(|x| x.0).collect();
+            for x in rb.iter().take(n) {
+                if !toks.contains(&x.0) {
+                    toks.push(x.0);
+                }
+            }
+            let mut rows: Vec<TopRow> = toks
+                .into_iter()
+                .map(|t| TopRow {
+                    token: t as i32,
+                    p_a: prob_of(&ra, t),
+                    p_b: prob_of(&rb, t),
+                    rank_a: rank_of(&ra, t),
+                    rank_b: rank_of(&rb, t),
+                })
+                .collect();
+            rows.sort_by(|x, y| {
+                y.p_a
+                    .unwrap_or(-1.0)
+                    .total_cmp(&x.p_a.unwrap_or(-1.0))
+                    .then(y.p_b.unwrap_or(-1.0).total_cmp(&x.p_b.unwrap_or(-1.0)))
+                    .then(x.token.cmp(&y.token))
+            });
+            TopTable {
+                step: Step::from_index(i, c_n),
+                source,
+                rows,
+            }
+        }),
+        None => None,
     };
     Ok(Diff {
         a: RunInfo::of(a),
@@ -504,11 +1013,18 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         steps_comparable: comparable_end,
         comparability,
         options: opt.clone(),
+        tolerances: tol,
         verdict,
         divergence,
         overall,
         per_codebook,
         confidence,
+        nonfinite,
+        not_compared,
+        post_changed,
+        largest_logit_error,
+        first_mismatch_membership,
+        divergence_top,
         performance,
         warnings,
         bytes_read,
@@ -524,7 +1040,14 @@ fn is_top(a: &Run, b: &Run) -> bool {
     t(a) || t(b)
 }
 
-fn metrics_for(s: &StepData, cb: Option<usize>, opt: &DiffOptions, top_n: bool) -> Metrics {
+fn metrics_for(
+    s: &StepData,
+    cb: Option<usize>,
+    opt: &DiffOptions,
+    top_n: bool,
+    logits_recorded: bool,
+    probs_recorded: bool,
+) -> Metrics {
     let sel = |i: &usize| cb.is_none_or(|c| i % s.codebooks == c);
     let comp: Vec<usize> = (0..s.comparable_end).filter(sel).collect();
     let all: Vec<usize> = (0..s.tokens_a.len()).filter(sel).collect();
@@ -538,8 +1061,18 @@ fn metrics_for(s: &StepData, cb: Option<usize>, opt: &DiffOptions, top_n: bool) 
     };
     let token_agreement = frac(comp.iter().filter(|&&i| s.tok_eq(i)).count());
     let post_token_agreement = frac(comp.iter().filter(|&&i| s.post_eq[i]).count());
-    let ls: Vec<LogitStep> = comp.iter().filter_map(|&i| s.logits[i]).collect();
-    let ps: Vec<ProbStep> = comp.iter().filter_map(|&i| s.probs[i]).collect();
+    let ls_all: Vec<LogitStep> = comp.iter().filter_map(|&i| s.logits[i]).collect();
+    let ps_all: Vec<ProbStep> = comp.iter().filter_map(|&i| s.probs[i]).collect();
+    let ls: Vec<LogitStep> = ls_all
+        .iter()
+        .filter(|x| !x.nonfinite_a && !x.nonfinite_b)
+        .copied()
+        .collect();
+    let ps: Vec<ProbStep> = ps_all
+        .iter()
+        .filter(|x| !x.nonfinite_a && !x.nonfinite_b)
+        .copied()
+        .collect();
     let top1_agreement = if !ls.is_empty() {
         Some(ls.iter().filter(|x| x.argmax_a == x.argmax_b).count() as f64 / ls.len() as f64)
     } else if !ps.is_empty() {
@@ -551,15 +1084,26 @@ fn metrics_for(s: &StepData, cb: Option<usize>, opt: &DiffOptions, top_n: bool) 
         max_abs,
         mean_abs: ls.iter().map(|x| x.mean_abs as f64).sum::<f64>() / ls.len() as f64,
         max_rel: ls.iter().fold(0f64, |m, x| m.max(x.max_rel as f64)),
-        breaches: ls.iter().filter(|x| x.breach).count(),
+        breaches: ls_all.iter().filter(|x| x.breach).count(),
         kl: Summary::of(ls.iter().map(|x| x.kl)),
+        cosine: Summary::of(ls.iter().map(|x| x.cosine)),
+        nonfinite_steps: ls_all.len() - ls.len(),
         top_n_approximation: top_n,
     });
     let probs = Summary::of(ps.iter().map(|x| x.max_abs as f64)).map(|max_abs| ProbStats {
         max_abs,
-        breaches: ps.iter().filter(|x| x.breach).count(),
+        breaches: ps_all.iter().filter(|x| x.breach).count(),
         kl: Summary::of(ps.iter().map(|x| x.kl)),
+        kl_matched_support: Summary::of(ps.iter().filter(|x| !x.support_mismatch).map(|x| x.kl)),
+        kl_support_mismatch: Summary::of(ps.iter().filter(|x| x.support_mismatch).map(|x| x.kl)),
         support_mismatch_steps: ps.iter().filter(|x| x.support_mismatch).count(),
+        excluded_mass: Summary::of(
+            ps.iter()
+                .filter(|x| x.support_mismatch)
+                .map(|x| x.excluded_mass),
+        ),
+        dp_sampled: Summary::of(ps.iter().map(|x| x.p_tok_b - x.p_tok_a)),
+        nonfinite_steps: ps_all.len() - ps.len(),
     });
     let ha = metrics::histogram(all.iter().map(|&i| s.tokens_a[i]));
     let hb = metrics::histogram(all.iter().map(|&i| s.tokens_b[i]));
@@ -569,6 +1113,8 @@ fn metrics_for(s: &StepData, cb: Option<usize>, opt: &DiffOptions, top_n: bool) 
         token_agreement,
         post_token_agreement,
         top1_agreement,
+        logits_recorded,
+        probs_recorded,
         logits,
         probs,
         tokens: metrics::token_dist(&ha, &hb, opt.top_tokens),
@@ -679,5 +1225,10 @@ fn confidence(s: &StepData, opt: &DiffOptions) -> Confidence {
         top1_agreement,
         kl_logits_mean,
         hist_intersection,
+        method: format!(
+            "bias-corrected percentile bootstrap over frames (a frame's steps share a context), {} resamples; no interval below {} frames",
+            opt.resamples,
+            stats::MIN_GROUPS
+        ),
     }
 }

@@ -12,15 +12,18 @@ pub struct DiffArgs {
     pub a: PathBuf,
     /// Run directory B (the candidate).
     pub b: Option<PathBuf>,
-    /// Absolute logit tolerance: a step breaches when |a−b| > atol + rtol·|a|.
-    #[arg(long, default_value = "1e-3", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
-    pub atol: f32,
-    /// Relative tolerance (logits and probabilities).
-    #[arg(long, default_value = "1e-3", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
-    pub rtol: f32,
-    /// Absolute tolerance for sampler probabilities.
-    #[arg(long, default_value = "1e-4", value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
-    pub probs_atol: f32,
+    /// Absolute logit tolerance: a step breaches when |a−b| > atol + rtol·|a|. Default by the
+    /// runs' dtype (the looser of the two): f32 1e-3, f16 1e-1, bf16 5e-1.
+    #[arg(long, value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
+    pub atol: Option<f32>,
+    /// Relative tolerance (logits and probabilities). Default by dtype: f32 1e-3, f16 1e-2,
+    /// bf16 3e-2.
+    #[arg(long, value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
+    pub rtol: Option<f32>,
+    /// Absolute tolerance for sampler probabilities. Default by dtype: f32 1e-4, f16 1e-2,
+    /// bf16 5e-2.
+    #[arg(long, value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
+    pub probs_atol: Option<f32>,
     /// Print the full comparison as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -59,8 +62,16 @@ pub fn resolve(a: &Path, b: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
 }
 
 pub fn run(args: DiffArgs) -> Result<i32> {
-    if !(args.atol >= 0.0 && args.rtol >= 0.0 && args.probs_atol >= 0.0) {
-        bail!("--atol, --rtol and --probs-atol must be non-negative numbers");
+    for (flag, v) in [
+        ("--atol", args.atol),
+        ("--rtol", args.rtol),
+        ("--probs-atol", args.probs_atol),
+    ] {
+        if let Some(v) = v {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{flag}: expected a finite non-negative number, got {v}");
+            }
+        }
     }
     let (pa, pb) = resolve(&args.a, args.b.as_deref())?;
     if let Some(dir) = &args.report {

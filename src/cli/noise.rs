@@ -35,14 +35,14 @@ pub fn run(a: NoiseArgs) -> Result<i32> {
         vocab: a.vocab,
     };
     write_noise(&a.out, &spec, a.force)?;
-    println!(
-        "wrote {} (f32 [{}, {}, {}], seed {}, {} bytes of data)",
+    super::common::print_out(&format!(
+        "wrote {} (f32 [{}, {}, {}], seed {}, {} bytes of data)\n",
         a.out.display(),
         spec.frames,
         spec.codebooks,
         spec.vocab,
         spec.seed,
         spec.data_bytes()
-    );
+    ))?;
     Ok(0)
 }

@@ -79,7 +79,7 @@ pub fn run(a: RescoreArgs) -> Result<i32> {
     if a.json {
         print_json(&summary)?;
     } else {
-        print!("{}", summary.render());
+        super::common::print_out(&summary.render())?;
     }
     Ok(0)
 }

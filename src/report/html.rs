@@ -15,12 +15,17 @@ pub fn esc(s: &str) -> String {
 
 fn est(e: &Option<Estimate>) -> String {
     match e {
-        Some(e) => format!(
+        Some(e) if e.has_ci() => format!(
             "{} <span class=ci>[{}, {}] {}% CI</span>",
             num(e.value),
             num(e.ci_low),
             num(e.ci_high),
             (e.level * 100.0).round()
+        ),
+        Some(e) => format!(
+            "{} <span class=ci>(no CI: {})</span>",
+            num(e.value),
+            esc(e.note.as_deref().unwrap_or("too little data"))
         ),
         None => "–".into(),
     }
@@ -47,13 +52,16 @@ fn summary_row(name: &str, s: Option<&Summary>) -> Vec<String> {
     match s {
         Some(s) => {
             r.push(s.n.to_string());
-            for v in [s.mean, s.median, s.p90, s.p95, s.p99, s.p99_9, s.max] {
+            r.push(format!("{} ± {}", num(s.mean), num(s.mean_se)));
+            for v in [
+                s.min, s.p1, s.p10, s.median, s.p90, s.p95, s.p99, s.p99_9, s.max,
+            ] {
                 r.push(num(v));
             }
         }
         None => {
             r.push("0".into());
-            r.extend(std::iter::repeat_n("–".to_string(), 7));
+            r.extend(std::iter::repeat_n("–".to_string(), 10));
         }
     }
     r
@@ -83,7 +91,7 @@ fn cb_row(m: &Metrics) -> Vec<String> {
 const CSS: &str = "body{font-family:-apple-system,'Segoe UI',DejaVu Sans,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .verdict{font-size:1.25em;font-weight:bold;padding:.7em 1em;border-radius:6px;margin:1em 0}
-.identical{background:#e3f4e3;border:2px solid #2ca02c}.numerically-close{background:#eef5fb;border:2px solid #1f77b4}
+.identical{background:#e3f4e3;border:2px solid #2ca02c}.tokens-identical{background:#fdf6e3;border:2px solid #bcbd22}.numerically-close{background:#eef5fb;border:2px solid #1f77b4}
 .diverged{background:#fdecea;border:2px solid #d62728}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.ci{color:#666;font-size:.9em}
@@ -121,6 +129,26 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
         );
     }
     let _ = writeln!(s, "<p class=note>{} frames × {} codebooks = {} steps compared (vocab {}); {} comparable. {}.</p>", d.frames_compared, d.codebooks, d.steps_total, d.vocab, d.steps_comparable, esc(&d.comparability));
+    let tl = &d.tolerances;
+    let _ = writeln!(
+        s,
+        "<p class=note>Tolerances: atol {}, rtol {}, probs atol {} ({}).</p>",
+        tl.atol,
+        tl.rtol,
+        tl.probs_atol,
+        esc(&tl.source)
+    );
+    for n in &d.not_compared {
+        let _ = writeln!(s, "<p class=note>Not compared: {}</p>", esc(n));
+    }
+    let nf = &d.nonfinite;
+    if nf.a.logits_steps + nf.a.probs_steps + nf.b.logits_steps + nf.b.probs_steps > 0 {
+        let _ = writeln!(
+            s,
+            "<p class=warn>Non-finite (NaN/Inf) steps: A logits {}, probs {}; B logits {}, probs {} (left out of the summaries).</p>",
+            nf.a.logits_steps, nf.a.probs_steps, nf.b.logits_steps, nf.b.probs_steps
+        );
+    }
     for w in &d.warnings {
         let _ = writeln!(s, "<p class=warn>⚠ {}</p>", esc(w));
     }
@@ -131,7 +159,11 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
             vec![
                 tag.to_string(),
                 esc(&r.backend),
+                esc(&r.dtype),
                 r.frames.to_string(),
+                esc(&r.prompt_text),
+                format!("{}", r.temperature as f32),
+                r.top_k.to_string(),
                 esc(&r.logits_storage),
                 esc(&r.probs_storage),
                 esc(&format!("{} / {}", r.sampler_mode, r.noise)),
@@ -147,7 +179,11 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
         &[
             "",
             "backend",
+            "dtype",
             "frames",
+            "prompt",
+            "T",
+            "top-k",
             "logits",
             "probs",
             "sampler / noise",
@@ -178,16 +214,20 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
             vec![
                 format!(
                     "logits breach (atol {}, rtol {})",
-                    d.options.atol, d.options.rtol
+                    d.tolerances.atol, d.tolerances.rtol
                 ),
                 step(dv.first_logits_breach),
             ],
             vec![
                 format!(
                     "probs breach (atol {}, rtol {})",
-                    d.options.probs_atol, d.options.rtol
+                    d.tolerances.probs_atol, d.tolerances.rtol
                 ),
                 step(dv.first_probs_breach),
+            ],
+            vec![
+                "support mismatch (a token kept by one sampler only)".into(),
+                step(dv.first_support_mismatch),
             ],
             vec![
                 "top-1 (argmax) mismatch".into(),
@@ -199,6 +239,56 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
             ],
         ],
     );
+    if let Some(m) = &d.first_mismatch_membership {
+        let _ = writeln!(
+            s,
+            "<p>At the first token mismatch ({}): A sampled {}, B sampled {}; B's token has rank {} in A's {}, A's token rank {} in B's — {}.</p>",
+            step(Some(m.step)),
+            m.token_a,
+            m.token_b,
+            m.rank_of_b_in_a.map_or("–".into(), |r| r.to_string()),
+            esc(&m.source),
+            m.rank_of_a_in_b.map_or("–".into(), |r| r.to_string()),
+            if m.near_tie {
+                format!("both in each other's top-{}: a near-tie", m.n)
+            } else {
+                format!("not a near-tie (top-{})", m.n)
+            }
+        );
+    }
+    if let Some(t) = &d.divergence_top {
+        let _ = writeln!(
+            s,
+            "<p class=note>Top tokens at the divergence step ({}, {}):</p>",
+            step(Some(t.step)),
+            esc(&t.source)
+        );
+        let rows: Vec<Vec<String>> = t
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.token.to_string(),
+                    opt_num(r.p_a),
+                    r.rank_a.map_or("–".into(), |x| x.to_string()),
+                    opt_num(r.p_b),
+                    r.rank_b.map_or("–".into(), |x| x.to_string()),
+                ]
+            })
+            .collect();
+        table(&mut s, &["token", "p_A", "rank A", "p_B", "rank B"], &rows);
+    }
+    if let Some(e) = &d.largest_logit_error {
+        let _ = writeln!(
+            s,
+            "<p>Largest |Δlogit|: {} at {}, vocab index {} (A {}, B {}).</p>",
+            num(e.abs as f64),
+            step(Some(e.step)),
+            e.index,
+            num(e.a as f64),
+            num(e.b as f64)
+        );
+    }
     s.push_str("<h2>Agreement</h2>\n");
     let mut rows = vec![
         vec!["token agreement".into(), est(&d.confidence.token_agreement)],
@@ -237,15 +327,37 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
     table(
         &mut s,
         &[
-            "quantity", "n", "mean", "median", "p90", "p95", "p99", "p99.9", "max",
+            "quantity",
+            "n",
+            "mean ± s.e.",
+            "min",
+            "p1",
+            "p10",
+            "median",
+            "p90",
+            "p95",
+            "p99",
+            "p99.9",
+            "max",
         ],
         &[
             summary_row("logits max |Δ|", l.map(|l| &l.max_abs)),
             summary_row("KL(softmax A ‖ softmax B)", l.and_then(|l| l.kl.as_ref())),
+            summary_row("cosine(logit rows)", l.and_then(|l| l.cosine.as_ref())),
             summary_row("probs max |Δ|", o.probs.as_ref().map(|p| &p.max_abs)),
             summary_row(
-                "KL(probs A ‖ probs B)",
+                "KL(probs A ‖ probs B), shared support",
                 o.probs.as_ref().and_then(|p| p.kl.as_ref()),
+            ),
+            summary_row(
+                "… on support-mismatch steps",
+                o.probs
+                    .as_ref()
+                    .and_then(|p| p.kl_support_mismatch.as_ref()),
+            ),
+            summary_row(
+                "Δp of A's sampled token (p_B − p_A)",
+                o.probs.as_ref().and_then(|p| p.dp_sampled.as_ref()),
             ),
         ],
     );
@@ -280,16 +392,7 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
         vec!["Jensen–Shannon".into(), num(t.js_hist)],
     ];
     if let Some(c) = &t.chi_square {
-        rows.push(vec![
-            "χ² homogeneity".into(),
-            format!(
-                "{} (df {}, p = {}; {} rare tokens pooled)",
-                num(c.statistic),
-                c.df,
-                num(c.p_value),
-                c.pooled
-            ),
-        ]);
+        rows.push(vec!["χ² homogeneity".into(), super::chi_text(c)]);
     }
     rows.push(vec!["top tokens A".into(), fmt_top(&t.top_a)]);
     rows.push(vec!["top tokens B".into(), fmt_top(&t.top_b)]);

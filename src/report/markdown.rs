@@ -7,13 +7,22 @@ use std::fmt::Write;
 
 fn est(e: &Option<Estimate>) -> String {
     match e {
-        Some(e) => format!(
-            "{} [{}, {}] ({}% CI, {} resamples)",
+        Some(e) if e.has_ci() => format!(
+            "{} [{}, {}] ({}% CI, {} resamples{})",
             num(e.value),
             num(e.ci_low),
             num(e.ci_high),
             (e.level * 100.0).round(),
-            e.resamples
+            e.resamples,
+            e.note
+                .as_ref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
+        ),
+        Some(e) => format!(
+            "{} (no CI: {})",
+            num(e.value),
+            e.note.as_deref().unwrap_or("too little data")
         ),
         None => "–".into(),
     }
@@ -22,9 +31,13 @@ fn est(e: &Option<Estimate>) -> String {
 fn summary_row(name: &str, s: &Option<Summary>) -> String {
     match s {
         Some(s) => format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} ± {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.n,
             num(s.mean),
+            num(s.mean_se),
+            num(s.min),
+            num(s.p1),
+            num(s.p10),
             num(s.median),
             num(s.p90),
             num(s.p95),
@@ -32,7 +45,7 @@ fn summary_row(name: &str, s: &Option<Summary>) -> String {
             num(s.p99_9),
             num(s.max)
         ),
-        None => format!("| {name} | 0 | – | – | – | – | – | – | – |\n"),
+        None => format!("| {name} | 0 | – | – | – | – | – | – | – | – | – | – |\n"),
     }
 }
 
@@ -74,15 +87,22 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
     let _ = writeln!(s, "## Runs\n");
     let _ = writeln!(
         s,
-        "| | backend | frames | logits | probs | sampler | noise | seed | post | stop | fault |"
+        "| | backend | dtype | frames | prompt | T | top-k | logits | probs | sampler | noise | seed | post | stop | fault |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for (tag, r) in [("A (reference)", &d.a), ("B (candidate)", &d.b)] {
         let _ = writeln!(
             s,
-            "| {tag} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {tag} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.backend,
+            r.dtype,
             r.frames,
+            r.prompt_text.replace('|', "\\|"),
+            r.temperature as f32,
+            r.top_k,
             r.logits_storage,
             r.probs_storage,
             r.sampler_mode,
@@ -98,6 +118,26 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
         "\nCompared {} frames × {} codebooks = {} steps (vocab {}); {} comparable. {}.\n",
         d.frames_compared, d.codebooks, d.steps_total, d.vocab, d.steps_comparable, d.comparability
     );
+    let tl = &d.tolerances;
+    let _ = writeln!(
+        s,
+        "Tolerances: atol {}, rtol {}, probs atol {} ({}).\n",
+        tl.atol, tl.rtol, tl.probs_atol, tl.source
+    );
+    for n in &d.not_compared {
+        let _ = writeln!(s, "- not compared: {n}");
+    }
+    if !d.not_compared.is_empty() {
+        s.push('\n');
+    }
+    let nf = &d.nonfinite;
+    if nf.a.logits_steps + nf.a.probs_steps + nf.b.logits_steps + nf.b.probs_steps > 0 {
+        let _ = writeln!(
+            s,
+            "Non-finite (NaN/Inf) steps: A logits {}, probs {}; B logits {}, probs {} (left out of the summaries).\n",
+            nf.a.logits_steps, nf.a.probs_steps, nf.b.logits_steps, nf.b.probs_steps
+        );
+    }
     let _ = writeln!(s, "## Divergence\n");
     let dv = &d.divergence;
     let _ = writeln!(s, "| event | first step |\n|---|---|");
@@ -115,16 +155,21 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
     let _ = writeln!(
         s,
         "| logits breach (atol {}, rtol {}) | {} |",
-        d.options.atol,
-        d.options.rtol,
+        d.tolerances.atol,
+        d.tolerances.rtol,
         step(dv.first_logits_breach)
     );
     let _ = writeln!(
         s,
         "| probs breach (atol {}, rtol {}) | {} |",
-        d.options.probs_atol,
-        d.options.rtol,
+        d.tolerances.probs_atol,
+        d.tolerances.rtol,
         step(dv.first_probs_breach)
+    );
+    let _ = writeln!(
+        s,
+        "| support mismatch (a token kept by one sampler only) | {} |",
+        step(dv.first_support_mismatch)
     );
     let _ = writeln!(
         s,
@@ -136,6 +181,54 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
         "| post-processing-only mismatch | {} |\n",
         step(dv.first_post_only_mismatch)
     );
+    if let Some(m) = &d.first_mismatch_membership {
+        let _ = writeln!(
+            s,
+            "At the first token mismatch ({}): A sampled {}, B sampled {}. B's token has rank {} in A's {}, A's token rank {} in B's — {}.\n",
+            step(Some(m.step)),
+            m.token_a,
+            m.token_b,
+            m.rank_of_b_in_a.map_or("–".into(), |r| r.to_string()),
+            m.source,
+            m.rank_of_a_in_b.map_or("–".into(), |r| r.to_string()),
+            if m.near_tie {
+                format!("both in each other's top-{}: a near-tie", m.n)
+            } else {
+                format!("not a near-tie (top-{})", m.n)
+            }
+        );
+    }
+    if let Some(t) = &d.divergence_top {
+        let _ = writeln!(
+            s,
+            "Top tokens at the divergence step ({}, {}):\n\n| token | p_A | rank A | p_B | rank B |\n|---|---|---|---|---|",
+            step(Some(t.step)),
+            t.source
+        );
+        for r in &t.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                r.token,
+                opt_num(r.p_a),
+                r.rank_a.map_or("–".into(), |x| x.to_string()),
+                opt_num(r.p_b),
+                r.rank_b.map_or("–".into(), |x| x.to_string())
+            );
+        }
+        s.push('\n');
+    }
+    if let Some(e) = &d.largest_logit_error {
+        let _ = writeln!(
+            s,
+            "Largest |Δlogit|: {} at {}, vocab index {} (A {}, B {}).\n",
+            num(e.abs as f64),
+            step(Some(e.step)),
+            e.index,
+            num(e.a as f64),
+            num(e.b as f64)
+        );
+    }
     let _ = writeln!(s, "## Agreement\n");
     let _ = writeln!(s, "| metric | value |\n|---|---|");
     let _ = writeln!(
@@ -183,13 +276,20 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
             "| probs support mismatches (steps) | {} |",
             p.support_mismatch_steps
         );
+        if let Some(m) = &p.excluded_mass {
+            let _ = writeln!(
+                s,
+                "| probability mass outside the shared support (max) | {} |",
+                num(m.max)
+            );
+        }
     }
     let _ = writeln!(s, "\n## Per-step distributions\n");
     let _ = writeln!(
         s,
-        "| quantity | n | mean | median | p90 | p95 | p99 | p99.9 | max |"
+        "| quantity | n | mean ± s.e. | min | p1 | p10 | median | p90 | p95 | p99 | p99.9 | max |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let l = o.logits.as_ref();
     s.push_str(&summary_row(
         "logits max \\|Δ\\|",
@@ -200,12 +300,24 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
         &l.and_then(|l| l.kl.clone()),
     ));
     s.push_str(&summary_row(
+        "cosine(logit rows)",
+        &l.and_then(|l| l.cosine.clone()),
+    ));
+    s.push_str(&summary_row(
         "probs max \\|Δ\\|",
         &o.probs.as_ref().map(|p| p.max_abs.clone()),
     ));
     s.push_str(&summary_row(
-        "KL(probs A ‖ probs B)",
+        "KL(probs A ‖ probs B), shared support",
         &o.probs.as_ref().and_then(|p| p.kl.clone()),
+    ));
+    s.push_str(&summary_row(
+        "… on support-mismatch steps",
+        &o.probs.as_ref().and_then(|p| p.kl_support_mismatch.clone()),
+    ));
+    s.push_str(&summary_row(
+        "Δp of A's sampled token (p_B − p_A)",
+        &o.probs.as_ref().and_then(|p| p.dp_sampled.clone()),
     ));
     let t = &o.tokens;
     let _ = writeln!(
@@ -235,14 +347,7 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
     let _ = writeln!(s, "| KL(h_A ‖ h_B), add-½ smoothing | {} |", num(t.kl_hist));
     let _ = writeln!(s, "| Jensen–Shannon | {} |", num(t.js_hist));
     if let Some(c) = &t.chi_square {
-        let _ = writeln!(
-            s,
-            "| χ² homogeneity | {} (df {}, p = {}; {} rare tokens pooled) |",
-            num(c.statistic),
-            c.df,
-            num(c.p_value),
-            c.pooled
-        );
+        let _ = writeln!(s, "| χ² homogeneity | {} |", super::chi_text(c));
     }
     let fmt_top = |v: &[(i32, u64)]| {
         v.iter()

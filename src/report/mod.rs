@@ -38,6 +38,42 @@ pub fn opt_num(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "–".into())
 }
 
+/// The χ² homogeneity result in words: never "p = 1" for an untestable table.
+pub fn chi_text(c: &crate::analysis::stats::ChiSquare) -> String {
+    match (c.testable, c.p_value) {
+        (true, Some(p)) => format!(
+            "χ² {} df {} p {} ({} rare tokens pooled)",
+            num(c.statistic),
+            c.df,
+            num(p),
+            c.pooled
+        ),
+        _ => format!(
+            "χ² not testable at this sample size ({} categor{} after pooling {} rare tokens)",
+            c.categories,
+            if c.categories == 1 { "y" } else { "ies" },
+            c.pooled
+        ),
+    }
+}
+
+/// A confidence interval in brackets, or why there is none.
+pub fn ci_text(e: &crate::analysis::stats::Estimate) -> String {
+    if e.has_ci() {
+        format!(
+            "[{}% CI {}, {}]",
+            (e.level * 100.0).round(),
+            num(e.ci_low),
+            num(e.ci_high)
+        )
+    } else {
+        format!(
+            "[no CI: {}]",
+            e.note.as_deref().unwrap_or("too little data")
+        )
+    }
+}
+
 pub fn step(s: Option<Step>) -> String {
     match s {
         Some(s) => format!("frame {} codebook {}", s.frame, s.codebook),

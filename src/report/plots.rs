@@ -116,13 +116,13 @@ pub fn render_all(d: &Diff, dir: &Path) -> Result<Vec<Plot>> {
         (
             "kl_heatmap",
             "Per-step KL(softmax A ‖ softmax B)".into(),
-            "KL divergence of the temperature-1 softmax of the logits at each frame × codebook, log10 colour scale. Grey: not comparable (after the first token mismatch without teacher forcing) or logits not recorded.".into(),
+            "KL divergence of the temperature-1 softmax of the logits at each frame × codebook, fixed log10 colour scale from 1e-12 to 10 nats (a clean run is dark). Grey: not comparable (after the first token mismatch without teacher forcing) or logits not recorded.".into(),
             Kind::Heat(Heat::Kl),
         ),
         (
             "logit_diff_heatmap",
             "Per-step max |logit A − logit B|".into(),
-            "Largest absolute logit difference at each frame × codebook, log10 colour scale; the tolerance is marked on the scale.".into(),
+            "Largest absolute logit difference at each frame × codebook, fixed log10 colour scale from atol·1e-6 to atol·1e3: the tolerance (marked) has the same colour in every report.".into(),
             Kind::Heat(Heat::MaxAbs),
         ),
         (
@@ -163,8 +163,9 @@ pub fn render_all(d: &Diff, dir: &Path) -> Result<Vec<Plot>> {
     Ok(out)
 }
 
+/// A heatmap quantity.
 #[derive(Debug, Clone, Copy)]
-enum Heat {
+pub enum Heat {
     Kl,
     MaxAbs,
 }
@@ -230,7 +231,8 @@ fn hist<DB: DrawingBackend>(
         .chain(hb.values())
         .fold(0f64, |m, &v| m.max(v))
         .max(1e-9)
-        * 1.1;
+        // Headroom above the tallest bar: the legend sits there, outside the data.
+        * 1.45;
     let xmax = d.vocab as f64;
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 20))
@@ -316,25 +318,15 @@ fn heat<DB: DrawingBackend>(
             Heat::MaxAbs => x.max_abs as f64,
         })
     });
-    // log10 scale, floor at 1e-12 (exact zeros drawn at the floor).
-    let floor = 1e-12f64;
+    // Fixed log10 scales, so a clean run looks clean and two reports compare by colour: KL
+    // from 1e-12 (exact zeros drawn there) to 10 nats; |Δlogit| from atol·1e-6 to atol·1e3,
+    // which puts the tolerance at the same colour (2/3 up the scale) in every report.
+    let (lo, hi) = heat_scale(h, d.tolerances.atol as f64);
+    debug_assert!(hi > lo);
     let logs: Vec<Option<f64>> = vals
         .iter()
-        .map(|v| v.map(|x| x.max(floor).log10()))
+        .map(|v| v.map(|x| x.max(1e-300).log10().clamp(lo, hi)))
         .collect();
-    let mut lo = logs.iter().flatten().fold(f64::INFINITY, |m, &v| m.min(v));
-    let mut hi = logs
-        .iter()
-        .flatten()
-        .fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-    if !lo.is_finite() {
-        lo = floor.log10();
-        hi = 0.0;
-    }
-    if hi - lo < 1e-9 {
-        lo -= 0.5;
-        hi += 0.5;
-    }
     let (w, _) = root.dim_in_pixel();
     let (main, bar) = root.split_horizontally(w as i32 - 130);
     let c_n = s.codebooks;
@@ -343,8 +335,19 @@ fn heat<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..(cols * bin) as f64, 0f64..c_n as f64)
+        // Cells span [k − ½, k + ½]: integer ticks sit at the cell centres.
+        .build_cartesian_2d(
+            -0.5f64..(cols * bin) as f64 - 0.5,
+            -0.5f64..c_n as f64 - 0.5,
+        )
         .map_err(err)?;
+    let int_label = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 && *v >= -1e-6 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -354,6 +357,10 @@ fn heat<DB: DrawingBackend>(
             "frame".into()
         })
         .y_desc("codebook")
+        .x_labels((cols * bin).clamp(2, 21))
+        .y_labels((c_n + 1).clamp(2, 17))
+        .x_label_formatter(&int_label)
+        .y_label_formatter(&int_label)
         .label_style((FONT, 13))
         .draw()
         .map_err(err)?;
@@ -365,16 +372,16 @@ fn heat<DB: DrawingBackend>(
                     Some(v) => colormap((v - lo) / (hi - lo)),
                     None => GREY,
                 };
-                let x0 = (col * bin) as f64;
+                let x0 = (col * bin) as f64 - 0.5;
                 Rectangle::new(
-                    [(x0, c as f64), (x0 + bin as f64, c as f64 + 1.0)],
+                    [(x0, c as f64 - 0.5), (x0 + bin as f64, c as f64 + 0.5)],
                     color.filled(),
                 )
             })
         }))
         .map_err(err)?;
     let tol = match h {
-        Heat::MaxAbs => Some((d.options.atol as f64).log10()),
+        Heat::MaxAbs => Some((d.tolerances.atol as f64).log10()),
         Heat::Kl => None,
     };
     colorbar(
@@ -387,6 +394,17 @@ fn heat<DB: DrawingBackend>(
         },
         tol,
     )
+}
+
+/// The fixed log10 colour range of a heatmap.
+pub fn heat_scale(h: Heat, atol: f64) -> (f64, f64) {
+    match h {
+        Heat::Kl => (-12.0, 1.0),
+        Heat::MaxAbs => {
+            let t = atol.max(1e-30).log10();
+            (t - 6.0, t + 3.0)
+        }
+    }
 }
 
 fn colorbar<DB: DrawingBackend>(
@@ -561,7 +579,8 @@ fn top_tokens<DB: DrawingBackend>(
         .map(|t| *ha.get(t).unwrap_or(&0).max(hb.get(t).unwrap_or(&0)))
         .max()
         .unwrap_or(1) as f64
-        * 1.15
+        // Headroom above the tallest bar: the legend sits there, outside the data.
+        * 1.45
         + 1.0;
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 20))
@@ -616,4 +635,21 @@ fn top_tokens<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fixed colour scales: KL from 1e-12 up, |Δlogit| with the tolerance always 2/3 up the
+    /// scale (the same colour in every report), independent of the data.
+    #[test]
+    fn heat_scales_are_fixed() {
+        assert_eq!(heat_scale(Heat::Kl, 1e-3), (-12.0, 1.0));
+        for atol in [1e-3, 0.5] {
+            let (lo, hi) = heat_scale(Heat::MaxAbs, atol);
+            let t = (atol.log10() - lo) / (hi - lo);
+            assert!((t - 2.0 / 3.0).abs() < 1e-12, "{t}");
+        }
+    }
 }

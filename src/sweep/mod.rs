@@ -354,7 +354,7 @@ pub fn run_job(
             weighted_jaccard: fin(t.weighted_jaccard),
             kl_hist: fin(t.kl_hist),
             js_hist: fin(t.js_hist),
-            chi_square_p: t.chi_square.as_ref().and_then(|c| fin(c.p_value)),
+            chi_square_p: t.chi_square.as_ref().and_then(|c| c.p_value.and_then(fin)),
             hist_a: sorted_hist(&dn.steps.tokens_a),
             hist_b: sorted_hist(&dn.steps.tokens_b),
         },
@@ -661,7 +661,18 @@ pub struct CellResult {
     pub js_hist: Option<Estimate>,
     /// Native noise: the tokens of all jobs of the cell pooled into one histogram per library.
     pub pooled: Pooled,
-    /// 1 = best by the ranking criterion.
+    /// Same-library noise floor: histogram intersection of one library's runs with different
+    /// seeds (same text), both libraries averaged — what sampling noise alone gives.
+    pub noise_floor: Option<Estimate>,
+    /// The cross-library histogram intersection on the same seed pairs (different seeds).
+    pub cross_library: Option<Estimate>,
+    /// Parity gap = noise floor − cross-library intersection, per (text, seed), mean with a
+    /// Bonferroni-adjusted bootstrap CI (level 1 − 0.05/cells). > 0: the libraries differ
+    /// more than two seeds of one library do.
+    pub gap: Option<Estimate>,
+    /// The gap's CI lies above 0: the libraries are distinguishable in this cell.
+    pub above_noise_floor: Option<bool>,
+    /// 1 = best; cells that cannot be told apart share a rank.
     pub rank: usize,
 }
 
@@ -684,11 +695,15 @@ pub struct Pooled {
 pub struct Best {
     pub temperature: f64,
     pub top_k: usize,
+    /// Every cell tied for best (rank 1), grid order.
+    pub tied: Vec<(f64, usize)>,
+    /// No cell's parity gap is significantly above the same-library noise floor.
+    pub all_within_noise_floor: bool,
+    /// The first cell ranked below the tied best, if any.
     pub runner_up: Option<(f64, usize)>,
-    /// Paired difference best − runner-up of the per-job histogram intersection (jobs matched
-    /// by seed and text), bootstrap CI.
+    /// The best cell's parity gap (noise floor − cross-library intersection).
     pub difference: Option<Estimate>,
-    /// True when the CI of the difference lies above 0.
+    /// True when the best cell itself is above the noise floor.
     pub significant: bool,
     pub sentence: String,
 }
@@ -708,15 +723,86 @@ pub struct SweepResult {
 }
 
 /// The ranking criterion, as written into every output.
-pub const CRITERION: &str = "Cells are ranked by the mean histogram intersection of the two libraries' sampled tokens under native noise (distribution similarity, higher is better); ties are broken by higher shared-noise token agreement, then lower histogram KL, then the smaller temperature and top-k. The best cell is called significantly better when the 95% bootstrap CI of its paired per-job difference (same seed and text) to the runner-up lies above 0.";
+pub const CRITERION: &str = "Under native noise two runs of one library with different seeds already differ; that same-library noise floor is measured per cell (histogram intersection of one library's runs with different seeds, same text, both libraries averaged) and compared with the cross-library intersection on the same seed pairs. A cell's parity gap is floor − cross per (text, seed); a cell is above the noise floor when the bootstrap CI of its mean gap, Bonferroni-adjusted over the cells, lies above 0. Cells within the noise floor share rank 1 (the libraries cannot be told apart there); cells above it rank after them by mean gap, smaller first, and share a rank while the paired (same seed and text) difference to the first cell of their group is not significant (Bonferroni-adjusted). Ties are ties: no grid order decides. Needs at least 2 seeds per text.";
 
 fn mean_ci(xs: &[f64], seed: u64) -> Option<Estimate> {
+    mean_ci_at(xs, seed, LEVEL)
+}
+
+fn mean_ci_at(xs: &[f64], seed: u64, level: f64) -> Option<Estimate> {
     if xs.is_empty() {
         return None;
     }
-    bootstrap(xs.len(), RESAMPLES, LEVEL, seed, |idx| {
+    bootstrap(xs.len(), RESAMPLES, level, seed, |idx| {
         idx.iter().map(|&i| xs[i]).sum::<f64>() / idx.len() as f64
     })
+}
+
+fn hist_map(h: &[(i32, u64)]) -> HashMap<i32, u64> {
+    h.iter().copied().collect()
+}
+
+fn hi(a: &HashMap<i32, u64>, b: &HashMap<i32, u64>) -> f64 {
+    token_dist(a, b, 0).hist_intersection
+}
+
+/// Per (text, seed) of a cell: ((text, seed), same-library floor, cross-library intersection),
+/// both averaged over the other seeds s′ of the same text: floor = mean of HI(T_s, T_s′) and
+/// HI(M_s, M_s′); cross = mean of HI(T_s, M_s′) and HI(M_s, T_s′) (different seeds on both
+/// sides, so the comparison with the floor is like for like). Empty with fewer than 2 seeds.
+pub fn floor_units(rs: &[&JobResult]) -> Vec<((usize, u64), f64, f64)> {
+    let mut out = Vec::new();
+    let mut texts: Vec<usize> = rs.iter().map(|r| r.job.text_index).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    for x in texts {
+        let mut js: Vec<&&JobResult> = rs.iter().filter(|r| r.job.text_index == x).collect();
+        js.sort_by_key(|r| r.job.seed);
+        let h: Vec<(HashMap<i32, u64>, HashMap<i32, u64>)> = js
+            .iter()
+            .map(|r| (hist_map(&r.native.hist_a), hist_map(&r.native.hist_b)))
+            .collect();
+        if h.len() < 2 {
+            continue;
+        }
+        for i in 0..h.len() {
+            let (mut fl, mut cr, mut n) = (0f64, 0f64, 0f64);
+            for j in 0..h.len() {
+                if i == j {
+                    continue;
+                }
+                fl += (hi(&h[i].0, &h[j].0) + hi(&h[i].1, &h[j].1)) / 2.0;
+                cr += (hi(&h[i].0, &h[j].1) + hi(&h[i].1, &h[j].0)) / 2.0;
+                n += 1.0;
+            }
+            if fl.is_finite() && cr.is_finite() {
+                out.push(((x, js[i].job.seed), fl / n, cr / n));
+            }
+        }
+    }
+    out
+}
+
+/// Whether cell `b`'s gap differs from cell `a`'s: paired over (text, seed), bootstrap CI of
+/// the mean difference at `level` excludes 0.
+fn paired_significant(results: &[JobResult], a: &CellResult, b: &CellResult, level: f64) -> bool {
+    let units = |c: &CellResult| -> BTreeMap<(usize, u64), f64> {
+        let rs: Vec<&JobResult> = results
+            .iter()
+            .filter(|r| r.job.temperature == c.temperature && r.job.top_k == c.top_k)
+            .collect();
+        floor_units(&rs)
+            .into_iter()
+            .map(|(k, f, x)| (k, f - x))
+            .collect()
+    };
+    let (ua, ub) = (units(a), units(b));
+    let d: Vec<f64> = ua
+        .iter()
+        .filter_map(|(k, v)| ub.get(k).map(|w| w - v))
+        .collect();
+    mean_ci_at(&d, BOOT_SEED ^ 0xD1FF, level)
+        .is_some_and(|e| e.has_ci() && (e.ci_low > ZERO_TOL || e.ci_high < -ZERO_TOL))
 }
 
 /// Pools the native-noise token histograms of `rs` and compares them (the analyzer's `token_dist`).
@@ -739,13 +825,9 @@ pub fn pooled_of(rs: &[&JobResult]) -> Pooled {
         jaccard: fin(d.jaccard),
         kl_hist: fin(d.kl_hist),
         js_hist: fin(d.js_hist),
-        chi_square_p: d.chi_square.as_ref().and_then(|c| fin(c.p_value)),
+        chi_square_p: d.chi_square.as_ref().and_then(|c| c.p_value.and_then(fin)),
         chi_square_df: d.chi_square.as_ref().map(|c| c.df),
     }
-}
-
-fn est_value(e: &Option<Estimate>) -> f64 {
-    e.as_ref().map_or(f64::NAN, |e| e.value)
 }
 
 /// Aggregates job results (every job of `spec`) into cells, ranking and best cell.
@@ -782,28 +864,66 @@ pub fn aggregate(spec: &SweepSpec, results: &[JobResult]) -> Result<SweepResult>
             kl_hist: mean_ci(&vals(&|r| r.native.kl_hist), seed + 5),
             js_hist: mean_ci(&vals(&|r| r.native.js_hist), seed + 6),
             pooled: pooled_of(&rs),
+            noise_floor: None,
+            cross_library: None,
+            gap: None,
+            above_noise_floor: None,
             rank: 0,
         });
     }
+    let m = cells.len();
+    let level = 1.0 - (1.0 - LEVEL) / m.max(1) as f64;
+    for (ci, c) in cells.iter_mut().enumerate() {
+        let rs: Vec<&JobResult> = results
+            .iter()
+            .filter(|r| r.job.temperature == c.temperature && r.job.top_k == c.top_k)
+            .collect();
+        let units = floor_units(&rs);
+        let seed = BOOT_SEED ^ ((ci as u64) << 8) ^ 0xF1;
+        let floors: Vec<f64> = units.iter().map(|u| u.1).collect();
+        let crosses: Vec<f64> = units.iter().map(|u| u.2).collect();
+        let gaps: Vec<f64> = units.iter().map(|u| u.1 - u.2).collect();
+        c.noise_floor = mean_ci(&floors, seed + 1);
+        c.cross_library = mean_ci(&crosses, seed + 2);
+        c.gap = mean_ci_at(&gaps, seed + 3, level);
+        c.above_noise_floor = c
+            .gap
+            .as_ref()
+            .filter(|g| g.has_ci())
+            .map(|g| g.ci_low > ZERO_TOL);
+    }
+    // Within the floor (or not measurable) first, all tied; then the others by mean gap.
+    let gap_of = |c: &CellResult| c.gap.as_ref().map_or(f64::NAN, |g| g.value);
     let mut ranking: Vec<usize> = (0..cells.len()).collect();
-    let key = |c: &CellResult| {
-        (
-            est_value(&c.hist_intersection),
-            est_value(&c.token_agreement),
-            est_value(&c.kl_hist),
-        )
-    };
     ranking.sort_by(|&i, &j| {
-        let (a, b) = (key(&cells[i]), key(&cells[j]));
-        // NaN ranks last.
-        let desc = |x: f64, y: f64| y.is_nan().cmp(&x.is_nan()).reverse().then(y.total_cmp(&x));
-        desc(a.0, b.0)
-            .then(desc(a.1, b.1))
-            .then(a.2.total_cmp(&b.2))
+        let (a, b) = (&cells[i], &cells[j]);
+        let above = |c: &CellResult| c.above_noise_floor == Some(true);
+        above(a)
+            .cmp(&above(b))
+            .then(if above(a) {
+                gap_of(a).total_cmp(&gap_of(b))
+            } else {
+                std::cmp::Ordering::Equal
+            })
             .then(i.cmp(&j))
     });
-    for (r, &i) in ranking.iter().enumerate() {
-        cells[i].rank = r + 1;
+    let mut rank = 1;
+    let mut leader: Option<usize> = None;
+    for (pos, &i) in ranking.iter().enumerate() {
+        let above = cells[i].above_noise_floor == Some(true);
+        if !above {
+            cells[i].rank = 1;
+            continue;
+        }
+        let tied = match leader {
+            Some(l) => !paired_significant(results, &cells[l], &cells[i], level),
+            None => false,
+        };
+        if !tied {
+            rank = pos + 1;
+            leader = Some(i);
+        }
+        cells[i].rank = rank;
     }
     let best = best_cell(&cells, &ranking, results);
     Ok(SweepResult {
@@ -817,64 +937,87 @@ pub fn aggregate(spec: &SweepSpec, results: &[JobResult]) -> Result<SweepResult>
     })
 }
 
-fn best_cell(cells: &[CellResult], ranking: &[usize], results: &[JobResult]) -> Best {
-    // Sums of equal per-job values can leave ±1e-17 residues: treat |x| < 1e-9 as 0.
+fn best_cell(cells: &[CellResult], ranking: &[usize], _results: &[JobResult]) -> Best {
     let num = |x: f64| crate::report::num(if x.abs() < ZERO_TOL { 0.0 } else { x });
     let b = &cells[ranking[0]];
-    let Some(&ri) = ranking.get(1) else {
-        return Best {
-            temperature: b.temperature,
-            top_k: b.top_k,
-            runner_up: None,
-            difference: None,
-            significant: false,
-            sentence: format!(
-                "Only one cell (temp {}, top-k {}): nothing to compare.",
-                b.temperature, b.top_k
-            ),
-        };
-    };
-    let r = &cells[ri];
-    let per = |t: f64, k: usize| -> BTreeMap<(u64, usize), f64> {
-        results
-            .iter()
-            .filter(|x| x.job.temperature == t && x.job.top_k == k)
-            .filter_map(|x| {
-                x.native
-                    .hist_intersection
-                    .map(|v| ((x.job.seed, x.job.text_index), v))
-            })
-            .collect()
-    };
-    let (pb, pr) = (per(b.temperature, b.top_k), per(r.temperature, r.top_k));
-    let diffs: Vec<f64> = pb
+    let tied: Vec<(f64, usize)> = cells
         .iter()
-        .filter_map(|(key, v)| pr.get(key).map(|w| v - w))
+        .filter(|c| c.rank == 1)
+        .map(|c| (c.temperature, c.top_k))
         .collect();
-    let difference = mean_ci(&diffs, BOOT_SEED ^ 0xD1FF);
-    let significant = difference.as_ref().is_some_and(|d| d.ci_low > ZERO_TOL);
-    let sentence = match &difference {
-        Some(d) if significant => format!(
-            "Best: temp {} top-k {} — its histogram intersection is significantly higher than the runner-up's (temp {} top-k {}): paired difference {} [{}, {}] ({}% CI over {} seed × text pairs).",
-            b.temperature, b.top_k, r.temperature, r.top_k, num(d.value), num(d.ci_low), num(d.ci_high),
-            (LEVEL * 100.0).round(), diffs.len()
+    let measurable = cells.iter().any(|c| c.above_noise_floor.is_some());
+    let all_within = measurable && cells.iter().all(|c| c.above_noise_floor != Some(true));
+    let runner_up = ranking
+        .iter()
+        .map(|&i| &cells[i])
+        .find(|c| c.rank > 1)
+        .map(|c| (c.temperature, c.top_k));
+    let list = |v: &[(f64, usize)]| {
+        v.iter()
+            .map(|(t, k)| format!("temp {t} top-k {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let gap_txt = |c: &CellResult| match &c.gap {
+        Some(g) if g.has_ci() => format!(
+            "parity gap {} [{}, {}]",
+            num(g.value),
+            num(g.ci_low),
+            num(g.ci_high)
         ),
-        Some(d) => format!(
-            "Best: temp {} top-k {} — but NOT significantly better than the runner-up (temp {} top-k {}): paired difference {} [{}, {}] ({}% CI over {} seed × text pairs) includes 0; more seeds are needed to separate them.",
-            b.temperature, b.top_k, r.temperature, r.top_k, num(d.value), num(d.ci_low), num(d.ci_high),
-            (LEVEL * 100.0).round(), diffs.len()
-        ),
-        None => format!(
-            "Best: temp {} top-k {} — no paired jobs to compare with the runner-up (temp {} top-k {}).",
-            b.temperature, b.top_k, r.temperature, r.top_k
-        ),
+        Some(g) => format!("parity gap {} (no CI)", num(g.value)),
+        None => "parity gap –".into(),
+    };
+    let sentence = if cells.len() == 1 {
+        format!(
+            "Only one cell (temp {}, top-k {}): nothing to compare; {}.",
+            b.temperature,
+            b.top_k,
+            match b.above_noise_floor {
+                Some(true) => "its libraries differ beyond the same-library noise floor",
+                Some(false) => "it is within the same-library noise floor",
+                None => "noise floor not measurable (need ≥ 2 seeds per text)",
+            }
+        )
+    } else if !measurable {
+        "No ranking: the same-library noise floor needs at least 2 seeds per text; every cell is tied.".to_string()
+    } else if all_within {
+        format!(
+            "Every setting is within the noise floor: at no cell do the two libraries' token distributions differ more than two seeds of one library do ({}% CIs, Bonferroni-adjusted over {} cells); no setting is better than another.",
+            (LEVEL * 100.0).round(),
+            cells.len()
+        )
+    } else if tied.iter().all(|t| {
+        cells
+            .iter()
+            .any(|c| (c.temperature, c.top_k) == *t && c.above_noise_floor != Some(true))
+    }) {
+        format!(
+            "Best (tied, within the noise floor): {}. Above the noise floor: {}.",
+            list(&tied),
+            cells
+                .iter()
+                .filter(|c| c.above_noise_floor == Some(true))
+                .map(|c| format!("temp {} top-k {} ({})", c.temperature, c.top_k, gap_txt(c)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    } else {
+        format!(
+            "Every cell is above the noise floor; smallest parity gap{}: {} ({}).",
+            if tied.len() > 1 { " (tied)" } else { "" },
+            list(&tied),
+            gap_txt(b)
+        )
     };
     Best {
         temperature: b.temperature,
         top_k: b.top_k,
-        runner_up: Some((r.temperature, r.top_k)),
-        difference,
-        significant,
+        tied,
+        all_within_noise_floor: all_within,
+        runner_up,
+        difference: b.gap.clone(),
+        significant: b.above_noise_floor == Some(true),
         sentence,
     }
 }
@@ -926,6 +1069,121 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(temps: &[f64], ks: &[usize], seeds: u64) -> SweepSpec {
+        SweepSpec {
+            temperatures: temps.to_vec(),
+            top_ks: ks.to_vec(),
+            seeds: (0..seeds).collect(),
+            texts: vec!["t".into()],
+            max_frames: 40,
+            speaker: 0,
+            dtype: "f32".into(),
+            model_sha256: "x".into(),
+            model_path: "m".into(),
+        }
+    }
+
+    /// A histogram of 200 draws from token ids `lo..lo+width` (uniform, keyed by `key`).
+    fn hist(key: u64, lo: i32, width: u64) -> Vec<(i32, u64)> {
+        let mut rng = crate::analysis::stats::SplitMix64::new(key);
+        let mut h: BTreeMap<i32, u64> = BTreeMap::new();
+        for _ in 0..200 {
+            *h.entry(lo + (rng.next_u64() % width) as i32).or_default() += 1;
+        }
+        h.into_iter().collect()
+    }
+
+    /// Job results whose candidate draws from tokens shifted by `shift` (0: same distribution).
+    fn results(sp: &SweepSpec, shift: impl Fn(f64, usize) -> i32) -> Vec<JobResult> {
+        sp.jobs()
+            .into_iter()
+            .map(|job| {
+                let key = job.seed * 1000 + (job.temperature * 10.0) as u64 * 7 + job.top_k as u64;
+                JobResult {
+                    job,
+                    text: "t".into(),
+                    max_frames: 40,
+                    speaker: 0,
+                    dtype: "f32".into(),
+                    model_sha256: "x".into(),
+                    shared: SharedMetrics {
+                        token_agreement: Some(1.0),
+                        steps: 10,
+                        frames_compared: 40,
+                        divergence: None,
+                        divergence_stage: None,
+                        max_logit_diff: None,
+                    },
+                    native: NativeMetrics {
+                        hist_intersection: Some(0.5),
+                        jaccard: Some(0.5),
+                        weighted_jaccard: Some(0.5),
+                        kl_hist: Some(0.1),
+                        js_hist: Some(0.1),
+                        chi_square_p: None,
+                        hist_a: hist(key, 0, 30),
+                        hist_b: hist(key ^ 0xBEEF, shift(job.temperature, job.top_k), 30),
+                    },
+                    seconds: 0.0,
+                }
+            })
+            .collect()
+    }
+
+    /// Identical settings (top-k 50 and 100 give the same numbers) and libraries that sample
+    /// the same distribution: every cell is tied and within the noise floor; grid order
+    /// decides nothing.
+    #[test]
+    fn within_the_noise_floor_everything_ties() {
+        let sp = spec(&[0.6, 0.8], &[50, 100], 8);
+        let r = aggregate(&sp, &results(&sp, |_, _| 0)).unwrap();
+        assert!(
+            r.cells.iter().all(|c| c.rank == 1),
+            "{:?}",
+            r.cells.iter().map(|c| (c.rank, &c.gap)).collect::<Vec<_>>()
+        );
+        assert!(r.cells.iter().all(|c| c.above_noise_floor == Some(false)));
+        assert!(r.best.all_within_noise_floor);
+        assert_eq!(r.best.tied.len(), 4);
+        assert!(
+            r.best
+                .sentence
+                .starts_with("Every setting is within the noise floor"),
+            "{}",
+            r.best.sentence
+        );
+        let f = r.cells[0].noise_floor.as_ref().unwrap();
+        assert!(f.value > 0.3 && f.value < 0.95, "{f:?}");
+        // The outputs show the floor and the gap; heatmap colours use fixed ranges.
+        assert!(output::terminal(&r).contains("noise floor"));
+        assert!(output::markdown_table(&r).contains("parity gap"));
+        let csv = output::csv(&r);
+        assert!(csv.lines().next().unwrap().ends_with("above_noise_floor"));
+        assert!(!csv.contains("NaN"));
+        assert_eq!(output::fixed_range("hist_intersection", 40), (0.0, 1.0));
+        assert_eq!(output::fixed_range("divergence_frame", 40), (0.0, 40.0));
+    }
+
+    /// A cell whose candidate samples other tokens is above the floor and ranks after the
+    /// cells within it.
+    #[test]
+    fn a_cell_above_the_noise_floor_ranks_last() {
+        let sp = spec(&[0.6, 0.8], &[50], 8);
+        let r = aggregate(&sp, &results(&sp, |t, _| if t == 0.8 { 15 } else { 0 })).unwrap();
+        let c6 = r.cells.iter().find(|c| c.temperature == 0.6).unwrap();
+        let c8 = r.cells.iter().find(|c| c.temperature == 0.8).unwrap();
+        assert_eq!(c8.above_noise_floor, Some(true), "{:?}", c8.gap);
+        assert_eq!(c6.above_noise_floor, Some(false), "{:?}", c6.gap);
+        assert_eq!((c6.rank, c8.rank), (1, 2));
+        assert!(!r.best.all_within_noise_floor);
+        assert_eq!((r.best.temperature, r.best.top_k), (0.6, 50));
+        assert!(
+            r.best.sentence.contains("within the noise floor"),
+            "{}",
+            r.best.sentence
+        );
+    }
 
     #[test]
     fn seeds_and_shards_parse() {

@@ -59,15 +59,31 @@ pub const HEADLINES: &[Headline] = &[
     },
 ];
 
+/// The fixed colour range of a headline metric.
+pub fn fixed_range(name: &str, max_frames: usize) -> (f64, f64) {
+    match name {
+        "divergence_frame" => (0.0, max_frames.max(1) as f64),
+        "kl_hist" => (0.0, 2.0),
+        "js_hist" => (0.0, std::f64::consts::LN_2),
+        _ => (0.0, 1.0),
+    }
+}
+
 fn est(e: Option<&Estimate>) -> String {
     match e {
-        Some(e) => format!("{} [{}, {}]", num(e.value), num(e.ci_low), num(e.ci_high)),
+        Some(e) if e.has_ci() => {
+            format!("{} [{}, {}]", num(e.value), num(e.ci_low), num(e.ci_high))
+        }
+        Some(e) => format!("{} (no CI)", num(e.value)),
         None => "–".into(),
     }
 }
 
 /// `value ±half-width` of the CI (the heatmap annotation).
 pub fn pm(e: &Estimate) -> String {
+    if !e.has_ci() {
+        return format!("{} (no CI)", num(e.value));
+    }
     format!(
         "{} ±{}",
         num(e.value),
@@ -84,17 +100,17 @@ pub fn markdown_table(r: &SweepResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| rank | temp | top-k | jobs | token agreement (shared) | divergence frame (shared) | diverged | hist ∩ (native) | Jaccard | KL hist | JS hist | pooled hist ∩ | pooled χ² p |"
+        "| rank | temp | top-k | jobs | token agreement (shared) | divergence frame (shared) | diverged | hist ∩ (native) | same-library noise floor | parity gap | above floor | Jaccard | KL hist | JS hist | pooled hist ∩ | pooled χ² p |"
     );
     let _ = writeln!(
         s,
-        "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---:|---:|"
+        "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---|---|---|---:|---:|"
     );
     for &i in &r.ranking {
         let c = &r.cells[i];
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.rank,
             c.temperature,
             c.top_k,
@@ -104,6 +120,13 @@ pub fn markdown_table(r: &SweepResult) -> String {
             c.diverged_jobs,
             c.jobs,
             est(c.hist_intersection.as_ref()),
+            est(c.noise_floor.as_ref()),
+            est(c.gap.as_ref()),
+            match c.above_noise_floor {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "–",
+            },
             est(c.jaccard.as_ref()),
             est(c.kl_hist.as_ref()),
             est(c.js_hist.as_ref()),
@@ -136,7 +159,7 @@ pub fn markdown(r: &SweepResult, plots: bool) -> String {
     let _ = writeln!(s, "Criterion: {}\n", r.criterion);
     let _ = writeln!(
         s,
-        "Values are means over jobs with {}% percentile-bootstrap CIs over jobs ({} resamples) in brackets. \"pooled\" columns pool the tokens of all jobs of a cell; a low pooled χ² p means the two libraries' token distributions differ beyond sampling noise.\n",
+        "Values are means over jobs with {}% bias-corrected bootstrap CIs over jobs ({} resamples) in brackets (the parity gap's CI is Bonferroni-adjusted over the cells). \"pooled\" columns pool the tokens of all jobs of a cell; a low pooled χ² p means the two libraries' token distributions differ beyond sampling noise.\n",
         (r.level * 100.0).round(),
         r.resamples
     );
@@ -155,7 +178,7 @@ pub fn terminal(r: &SweepResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:>9}",
+        "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
         "rank",
         "temp",
         "top-k",
@@ -163,14 +186,15 @@ pub fn terminal(r: &SweepResult) -> String {
         "token agree (shared)",
         "diverge frame (shared)",
         "hist ∩ (native)",
-        "KL hist (native)",
+        "noise floor (same lib)",
+        "parity gap",
         "pooled p"
     );
     for &i in &r.ranking {
         let c = &r.cells[i];
         let _ = writeln!(
             s,
-            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:>9}",
+            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
             c.rank,
             c.temperature,
             c.top_k,
@@ -178,7 +202,8 @@ pub fn terminal(r: &SweepResult) -> String {
             est(c.token_agreement.as_ref()),
             est(c.divergence_frame.as_ref()),
             est(c.hist_intersection.as_ref()),
-            est(c.kl_hist.as_ref()),
+            est(c.noise_floor.as_ref()),
+            est(c.gap.as_ref()),
             opt(c.pooled.chi_square_p)
         );
     }
@@ -192,8 +217,12 @@ pub fn csv(r: &SweepResult) -> String {
     for h in HEADLINES {
         let _ = write!(s, ",{0},{0}_ci_low,{0}_ci_high", h.name);
     }
-    s.push_str(",diverged_jobs,pooled_hist_intersection,pooled_jaccard,pooled_kl_hist,pooled_js_hist,pooled_chi_square_p\n");
-    let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
+    s.push_str(",diverged_jobs,pooled_hist_intersection,pooled_jaccard,pooled_kl_hist,pooled_js_hist,pooled_chi_square_p,noise_floor,cross_library,parity_gap,parity_gap_ci_low,parity_gap_ci_high,above_noise_floor\n");
+    let f = |x: Option<f64>| {
+        x.filter(|v| v.is_finite())
+            .map(|v| format!("{v}"))
+            .unwrap_or_default()
+    };
     for c in &r.cells {
         let _ = write!(s, "{},{},{},{}", c.temperature, c.top_k, c.jobs, c.rank);
         for h in HEADLINES {
@@ -209,13 +238,19 @@ pub fn csv(r: &SweepResult) -> String {
         let p = &c.pooled;
         let _ = writeln!(
             s,
-            ",{},{},{},{},{},{}",
+            ",{},{},{},{},{},{},{},{},{},{},{},{}",
             c.diverged_jobs,
             f(p.hist_intersection),
             f(p.jaccard),
             f(p.kl_hist),
             f(p.js_hist),
-            f(p.chi_square_p)
+            f(p.chi_square_p),
+            f(c.noise_floor.as_ref().map(|e| e.value)),
+            f(c.cross_library.as_ref().map(|e| e.value)),
+            f(c.gap.as_ref().map(|e| e.value)),
+            f(c.gap.as_ref().map(|e| e.ci_low)),
+            f(c.gap.as_ref().map(|e| e.ci_high)),
+            c.above_noise_floor.map_or(String::new(), |b| b.to_string())
         );
     }
     s
@@ -281,15 +316,11 @@ fn draw<DB: DrawingBackend>(
     let mut ks = r.spec.top_ks.clone();
     ks.sort_unstable();
     let vals: Vec<Option<&Estimate>> = r.cells.iter().map(|c| (h.get)(c)).collect();
-    let (lo, hi) = vals
-        .iter()
-        .flatten()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), e| {
-            (a.min(e.value), b.max(e.value))
-        });
-    // t in [0, 1], 1 = better (yellow).
+    let (lo, hi) = fixed_range(h.name, r.spec.max_frames);
+    // t in [0, 1], 1 = better (yellow); the scale is fixed per metric (not min–max), so equal
+    // colours mean equal values across sweeps and a tiny spread does not look dramatic.
     let norm = |v: f64| {
-        let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
+        let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
         if h.higher_is_better {
             t
         } else {
