@@ -1,6 +1,7 @@
 //! The analyzer (issue 4): compares two runs step by step — metrics, divergence point and stage,
 //! statistics. Backend-neutral: it only reads run directories.
 
+pub mod audio;
 pub mod divergence;
 pub mod metrics;
 pub mod performance;
@@ -27,6 +28,9 @@ pub struct DiffOptions {
     pub seed: u64,
     /// How many most-frequent tokens to list per run.
     pub top_tokens: usize,
+    /// Audio comparison settings (recorded in the `audio` section, not here).
+    #[serde(skip)]
+    pub audio: audio::AudioOptions,
 }
 
 impl Default for DiffOptions {
@@ -39,6 +43,7 @@ impl Default for DiffOptions {
             confidence: 0.95,
             seed: 0,
             top_tokens: 10,
+            audio: audio::AudioOptions::default(),
         }
     }
 }
@@ -202,6 +207,9 @@ pub struct Diff {
     /// Step cost against position (KV-cache / O(n²) check).
     pub performance: performance::Performance,
     pub warnings: Vec<String>,
+    /// Audio metrics when both runs have audio (docs/audio-metrics.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<audio::AudioComparison>,
     /// Bytes of logits/probs data read (both runs).
     #[serde(skip)]
     pub bytes_read: u64,
@@ -500,6 +508,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         confidence,
         performance,
         warnings,
+        audio: audio::compare(a, b, &opt.audio)?,
         bytes_read,
         steps,
     })

@@ -31,6 +31,9 @@ pub struct Manifest {
     /// Decoded text of the generated tokens (plain LM runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_text: Option<String>,
+    /// The decoded audio (audio.wav / audio.npy), when the run has any (docs/run-format-audio.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<super::audio::AudioManifest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +148,7 @@ impl Manifest {
             stop_reason: String::new(),
             timings: Timings::default(),
             output_text: None,
+            audio: None,
         }
     }
 }

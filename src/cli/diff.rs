@@ -21,6 +21,11 @@ pub struct DiffArgs {
     /// Absolute tolerance for sampler probabilities.
     #[arg(long, default_value_t = 1e-4)]
     pub probs_atol: f32,
+    /// Audio departure tolerance, relative to the reference's peak: the audio departs at the
+    /// first sample where |a − b| > this × peak|A| (also the codec tolerance of stage `codec`;
+    /// docs/audio-metrics.md).
+    #[arg(long, default_value_t = 1e-4, value_name = "RTOL")]
+    pub audio_rtol: f64,
     /// Print the full comparison as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +67,9 @@ pub fn run(args: DiffArgs) -> Result<i32> {
     if !(args.atol >= 0.0 && args.rtol >= 0.0 && args.probs_atol >= 0.0) {
         bail!("--atol, --rtol and --probs-atol must be non-negative numbers");
     }
+    if !(args.audio_rtol.is_finite() && args.audio_rtol >= 0.0) {
+        bail!("--audio-rtol must be a non-negative number");
+    }
     let (pa, pb) = resolve(&args.a, args.b.as_deref())?;
     let a = Run::open(&pa).with_context(|| format!("run A ({})", pa.display()))?;
     let b = Run::open(&pb).with_context(|| format!("run B ({})", pb.display()))?;
@@ -70,6 +78,9 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         rtol: args.rtol,
         probs_atol: args.probs_atol,
         resamples: args.bootstrap,
+        audio: analysis::audio::AudioOptions {
+            departure_rtol: args.audio_rtol,
+        },
         ..DiffOptions::default()
     };
     let diff = analysis::compare(&a, &b, &opt)?;
