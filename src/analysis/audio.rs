@@ -772,14 +772,6 @@ pub fn compare(a: &Run, b: &Run, opt: &AudioOptions) -> Result<Option<AudioCompa
 mod tests {
     use super::*;
 
-    fn sine(n: usize, freq: f64, amp: f64, rate: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as f32
-            })
-            .collect()
-    }
-
     #[test]
     fn mel_scale_round_trips_and_is_slaney() {
         for f in [0.0, 200.0, 999.0, 1000.0, 4000.0, 12000.0] {

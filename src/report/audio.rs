@@ -280,6 +280,7 @@ fn mel_panel<DB: DrawingBackend>(
         .disable_mesh()
         .x_desc("time (s)")
         .y_desc("mel band")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
@@ -305,7 +306,13 @@ fn mel_panel<DB: DrawingBackend>(
     cb.configure_mesh()
         .disable_mesh()
         .disable_x_axis()
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if (hi - lo) <= 4.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .label_style((FONT, 11))
         .draw()
         .map_err(err)?;
@@ -452,7 +459,13 @@ fn wave_figure<DB: DrawingBackend>(
         .disable_mesh()
         .x_desc("time (s); grey lines: codec frame boundaries")
         .y_desc("B − A")
-        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .y_label_formatter(&|v| {
+            if v.abs() < dmax * 1e-6 {
+                "0".into()
+            } else {
+                format!("{v:.1e}")
+            }
+        })
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
