@@ -469,11 +469,15 @@ pub fn mr_stft(a: &[f32], b: &[f32]) -> MrStft {
             st.frame(a, t, &mut pa);
             st.frame(b, t, &mut pb);
             for (&x, &y) in pa.iter().zip(&pb) {
-                let ma = x.max(STFT_POWER_FLOOR).sqrt() as f64;
-                let mb = y.max(STFT_POWER_FLOOR).sqrt() as f64;
+                let (pa, pb) = (
+                    x.max(STFT_POWER_FLOOR) as f64,
+                    y.max(STFT_POWER_FLOOR) as f64,
+                );
+                let (ma, mb) = (pa.sqrt(), pb.sqrt());
                 diff2 += (ma - mb) * (ma - mb);
-                ref2 += ma * ma;
-                logsum += (ma.ln() - mb.ln()).abs();
+                ref2 += pa;
+                // |ln M_A − ln M_B| = |ln(P_A / P_B)| / 2: one logarithm per bin.
+                logsum += 0.5 * (pa / pb).ln().abs();
             }
         }
         resolutions.push(StftResolution {
@@ -565,6 +569,16 @@ pub fn compare_samples(
     sample_rate: u32,
     opt: &AudioOptions,
 ) -> Result<PairMetrics> {
+    compare_with_mels(a, b, sample_rate, opt).map(|(m, _, _)| m)
+}
+
+/// [`compare_samples`] that also returns the log-mel spectrograms of the compared prefixes.
+fn compare_with_mels(
+    a: &[f32],
+    b: &[f32],
+    sample_rate: u32,
+    opt: &AudioOptions,
+) -> Result<(PairMetrics, Vec<f32>, Vec<f32>)> {
     if sample_rate == 0 {
         bail!("audio metrics: sample rate 0");
     }
@@ -596,7 +610,7 @@ pub fn compare_samples(
         });
     let mut mel = LogMel::new(sample_rate);
     let (ma, mb) = (mel.compute(a), mel.compute(b));
-    Ok(PairMetrics {
+    let m = PairMetrics {
         samples_compared: n,
         identical: s.ee == 0.0,
         max_abs_diff: s.max_abs,
@@ -609,7 +623,8 @@ pub fn compare_samples(
         mr_stft: mr_stft(a, b),
         tolerance,
         first_departure,
-    })
+    };
+    Ok((m, ma, mb))
 }
 
 fn energy_of_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -630,6 +645,18 @@ pub fn compare_audio(
     cross: Option<&Audio>,
     opt: &AudioOptions,
 ) -> Result<(PairMetrics, Option<CrossSplit>)> {
+    compare_audio_mels(a, b, cross, opt).map(|(m, x, _)| (m, x))
+}
+
+/// Log-mel spectrograms of the compared prefixes of A and B.
+type Mels = (Vec<f32>, Vec<f32>);
+
+fn compare_audio_mels(
+    a: &Audio,
+    b: &Audio,
+    cross: Option<&Audio>,
+    opt: &AudioOptions,
+) -> Result<(PairMetrics, Option<CrossSplit>, Mels)> {
     if a.sample_rate != b.sample_rate {
         bail!(
             "cannot compare audio: {} is at {} Hz, {} at {} Hz",
@@ -641,7 +668,7 @@ pub fn compare_audio(
     }
     check_finite(&a.samples, &a.path.display().to_string())?;
     check_finite(&b.samples, &b.path.display().to_string())?;
-    let metrics = compare_samples(&a.samples, &b.samples, a.sample_rate, opt)?;
+    let (metrics, mel_a, mel_b) = compare_with_mels(&a.samples, &b.samples, a.sample_rate, opt)?;
     let cross = match cross {
         None => None,
         Some(x) => {
@@ -668,7 +695,7 @@ pub fn compare_audio(
             })
         }
     };
-    Ok((metrics, cross))
+    Ok((metrics, cross, (mel_a, mel_b)))
 }
 
 fn explain(c: &AudioComparison) -> String {
@@ -726,16 +753,23 @@ pub fn compare(a: &Run, b: &Run, opt: &AudioOptions) -> Result<Option<AudioCompa
     let cross = b
         .audio_cross()
         .with_context(|| format!("run B ({})", b.dir().display()))?;
-    let (metrics, split) = compare_audio(&aa, &ab, cross.as_ref(), opt)?;
+    let (metrics, split, (mel_a, mel_b)) = compare_audio_mels(&aa, &ab, cross.as_ref(), opt)?;
     let (ma, mb) = (a.manifest().audio.as_ref(), b.manifest().audio.as_ref());
     let post_tokens_identical = a.frames() == b.frames() && a.post_tokens() == b.post_tokens();
     let lengths_differ = aa.samples.len() != ab.samples.len();
     let within_tolerance = metrics.within_tolerance() && !lengths_differ;
-    let mut mel = LogMel::new(aa.sample_rate);
+    // The plots show all of A and of B: the prefix spectrograms are reused when the lengths
+    // agree (the common prefix is then everything).
+    let (mel_a, mel_b) = if lengths_differ {
+        let mut mel = LogMel::new(aa.sample_rate);
+        (mel.compute(&aa.samples), mel.compute(&ab.samples))
+    } else {
+        (mel_a, mel_b)
+    };
     let data = AudioData {
         sample_rate: aa.sample_rate,
-        mel_a: mel.compute(&aa.samples),
-        mel_b: mel.compute(&ab.samples),
+        mel_a,
+        mel_b,
         wav_a: a.dir().join(crate::capture::audio::AUDIO_WAV),
         wav_b: b.dir().join(crate::capture::audio::AUDIO_WAV),
         cross: cross.map(|x| x.samples),
