@@ -1,6 +1,7 @@
 //! The analyzer (issue 4): compares two runs step by step — metrics, divergence point and stage,
 //! statistics. Backend-neutral: it only reads run directories.
 
+pub mod audio;
 pub mod divergence;
 pub mod metrics;
 pub mod performance;
@@ -32,6 +33,9 @@ pub struct DiffOptions {
     pub membership_n: usize,
     /// Rows of the top-N table at the divergence step.
     pub table_n: usize,
+    /// Audio comparison settings (recorded in the `audio` section, not here).
+    #[serde(skip)]
+    pub audio: audio::AudioOptions,
 }
 
 /// The tolerances a comparison used, and where they came from.
@@ -111,6 +115,7 @@ impl Default for DiffOptions {
             top_tokens: 10,
             membership_n: 5,
             table_n: 10,
+            audio: audio::AudioOptions::default(),
         }
     }
 }
@@ -383,6 +388,9 @@ pub struct Diff {
     /// Step cost against position (KV-cache / O(n²) check).
     pub performance: performance::Performance,
     pub warnings: Vec<String>,
+    /// Audio metrics when both runs have audio (docs/audio-metrics.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<audio::AudioComparison>,
     /// Bytes of logits/probs data read (both runs).
     #[serde(skip)]
     pub bytes_read: u64,
@@ -1027,6 +1035,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         divergence_top,
         performance,
         warnings,
+        audio: audio::compare(a, b, &opt.audio)?,
         bytes_read,
         steps,
     })

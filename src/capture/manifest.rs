@@ -42,6 +42,9 @@ pub struct Manifest {
     /// run fed its model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescore_of: Option<RescoreOf>,
+    /// The decoded audio (audio.wav / audio.npy), when the run has any (docs/run-format-audio.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<super::audio::AudioManifest>,
 }
 
 /// `manifest.rescore_of`: which run a re-score follows.
@@ -206,6 +209,7 @@ impl Manifest {
             output_text: None,
             warnings: Vec::new(),
             rescore_of: None,
+            audio: None,
         }
     }
 }

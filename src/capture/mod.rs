@@ -1,6 +1,7 @@
 //! The run directory (DESIGN §4): one directory per backend run, written to `<dir>.partial`
 //! and renamed when complete.
 
+pub mod audio;
 pub mod manifest;
 pub mod npy;
 pub mod reader;
@@ -8,6 +9,7 @@ pub mod schema;
 pub mod storage;
 pub mod writer;
 
+pub use audio::{Audio, AudioManifest, AudioWriter, CodecInfo};
 pub use manifest::*;
 pub use reader::{Dists, FrameBuf, Row, Run};
 pub use schema::{f32_precision, parse_manifest, same_setting};

@@ -372,6 +372,16 @@ impl RunWriter {
         self.manifest.output_text = text;
     }
 
+    /// Sets `manifest.audio` (see [`RunWriter::write_audio`], which also writes the files).
+    pub fn set_audio(&mut self, audio: Option<super::AudioManifest>) {
+        self.manifest.audio = audio;
+    }
+
+    /// The manifest's `audio` section as set so far.
+    pub fn audio_manifest(&self) -> Option<&super::AudioManifest> {
+        self.manifest.audio.as_ref()
+    }
+
     /// Finalizes the arrays, writes `manifest.json` with status `complete`, fsyncs and renames
     /// `<dir>.partial` to `<dir>`. Returns `<dir>`.
     pub fn finish(self, stop_reason: &str, timings: Timings) -> Result<PathBuf> {

@@ -24,6 +24,11 @@ pub struct DiffArgs {
     /// bf16 5e-2.
     #[arg(long, value_parser = super::common::parse_tolerance_f32, allow_negative_numbers = true)]
     pub probs_atol: Option<f32>,
+    /// Audio departure tolerance, relative to the reference's peak: the audio departs at the
+    /// first sample where |a − b| > this × peak|A| (also the codec tolerance of stage `codec`;
+    /// docs/audio-metrics.md).
+    #[arg(long, default_value = "1e-4", value_name = "RTOL", value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
+    pub audio_rtol: f64,
     /// Print the full comparison as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +78,9 @@ pub fn run(args: DiffArgs) -> Result<i32> {
             }
         }
     }
+    if !(args.audio_rtol.is_finite() && args.audio_rtol >= 0.0) {
+        bail!("--audio-rtol must be a non-negative number");
+    }
     let (pa, pb) = resolve(&args.a, args.b.as_deref())?;
     if let Some(dir) = &args.report {
         // Before the (possibly long) analysis: never replace an input run or a user's folder.
@@ -85,6 +93,9 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         rtol: args.rtol,
         probs_atol: args.probs_atol,
         resamples: args.bootstrap,
+        audio: analysis::audio::AudioOptions {
+            departure_rtol: args.audio_rtol,
+        },
         ..DiffOptions::default()
     };
     let diff = analysis::compare(&a, &b, &opt)?;

@@ -1,5 +1,6 @@
 //! Output of `csm-parity diff`: terminal summary, JSON, markdown, one-page HTML with plots.
 
+pub mod audio;
 pub mod bisect;
 pub mod html;
 pub mod markdown;
@@ -98,9 +99,15 @@ pub fn write_report_dir(diff: &Diff, dir: &Path) -> Result<PathBuf> {
     let tmp = stage.path();
     (|| -> Result<()> {
         let plots = plots::render_all(diff, tmp)?;
-        std::fs::write(tmp.join("report.md"), markdown::render(diff, &plots))?;
+        let audio = audio::write_assets(diff, tmp)?;
+        let (mut md, mut page) = (markdown::render(diff, &plots), html::render(diff, &plots)?);
+        if let (Some(c), Some(assets)) = (&diff.audio, &audio) {
+            md.push_str(&audio::markdown_section(c, assets));
+            page = audio::inject_html(page, c, assets);
+        }
+        std::fs::write(tmp.join("report.md"), md)?;
         std::fs::write(tmp.join("report.json"), json(diff)?)?;
-        std::fs::write(tmp.join("index.html"), html::render(diff, &plots)?)?;
+        std::fs::write(tmp.join("index.html"), page)?;
         Ok(())
     })()
     .with_context(|| format!("writing report {}", dir.display()))?;

@@ -275,6 +275,9 @@ pub fn render(d: &Diff) -> String {
             None => String::new(),
         }
     );
+    if let Some(a) = &d.audio {
+        let _ = writeln!(s, "{}", super::audio::terminal_line(a));
+    }
     // Worst codebooks by token agreement, then KL.
     let mut cbs: Vec<&Metrics> = d.per_codebook.iter().collect();
     cbs.sort_by(|x, y| {
