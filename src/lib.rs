@@ -11,6 +11,7 @@ pub mod capture;
 pub mod capture_run;
 pub mod cli;
 pub mod conform;
+pub mod conform_mimi;
 pub mod faults;
 pub mod gate;
 pub mod inspect;
