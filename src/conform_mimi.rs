@@ -202,23 +202,34 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Checks one codec against the case.
-pub fn check_codec(case: &MimiCase, backend: &str, codec: &mut dyn Codec) -> Result<MimiConformResult> {
+pub fn check_codec(
+    case: &MimiCase,
+    backend: &str,
+    codec: &mut dyn Codec,
+) -> Result<MimiConformResult> {
     let decoded = codec.decode(&case.codes)?;
     let audio_len_equal = decoded.audio.len() == case.audio.len();
     let max_audio = max_abs_diff(&decoded.audio, &case.audio);
     let encoded = codec.encode(&case.wave)?;
     let latents_equal_len = encoded.latents.len() == case.latents.len();
     let max_lat = max_abs_diff(&encoded.latents, &case.latents);
-    let scale = case.latents.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let latents_atol = LATENTS_RTOL * scale;
-    let mismatch = case
-        .wave_codes
+    let scale = case
+        .latents
         .iter()
-        .enumerate()
-        .find_map(|(f, want)| match encoded.codes.get(f) {
-            None => Some([f, 0]),
-            Some(got) => want.iter().zip(got).position(|(a, b)| a != b).map(|c| [f, c]),
-        });
+        .fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let latents_atol = LATENTS_RTOL * scale;
+    let mismatch =
+        case.wave_codes
+            .iter()
+            .enumerate()
+            .find_map(|(f, want)| match encoded.codes.get(f) {
+                None => Some([f, 0]),
+                Some(got) => want
+                    .iter()
+                    .zip(got)
+                    .position(|(a, b)| a != b)
+                    .map(|c| [f, c]),
+            });
     let wave_codes_equal = mismatch.is_none() && encoded.codes.len() == case.wave_codes.len();
     // `<=` is false for NaN, so a NaN never conforms.
     let conforms = audio_len_equal
@@ -296,7 +307,11 @@ impl MimiConformReport {
                 r.max_abs_diff_latents,
                 r.latents_atol,
                 codes,
-                if r.audio_len_equal { "" } else { " (audio length differs)" }
+                if r.audio_len_equal {
+                    ""
+                } else {
+                    " (audio length differs)"
+                }
             );
         }
         s

@@ -13,7 +13,9 @@ fn case_dir() -> PathBuf {
 }
 
 /// A copy of the case whose weights went through `edit`.
-fn edited_case(edit: impl FnOnce(&mut std::collections::BTreeMap<String, HostTensor>)) -> tempfile::TempDir {
+fn edited_case(
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, HostTensor>),
+) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(case_dir()).unwrap() {
         let f = f.unwrap().path();
@@ -33,7 +35,11 @@ fn conform_cli(dir: &Path, backend: &str) -> (Option<i32>, serde_json::Value, St
         .output()
         .unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -100,7 +106,11 @@ fn bad_codec_directories_are_refused_with_the_file_named() {
 
     // No weights.
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(case_dir().join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        case_dir().join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let e = load_err(tmp.path());
     assert!(e.contains("model.safetensors"), "{e}");
 
@@ -111,25 +121,36 @@ fn bad_codec_directories_are_refused_with_the_file_named() {
     cfg["model_type"] = "llama".into();
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(tmp.path());
-    assert!(e.contains("config.json") && e.contains("\"llama\"") && e.contains("mimi"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("\"llama\"") && e.contains("mimi"),
+        "{e}"
+    );
 
     // A mis-shaped tensor and a missing one.
     let bad = edited_case(|t| {
         let name = "decoder.layers.2.conv.weight";
         let s = t[name].shape.clone();
         let v = t[name].to_f32();
-        t.insert(name.into(), HostTensor::from_f32(vec![s[1], s[0], s[2]], &v));
+        t.insert(
+            name.into(),
+            HostTensor::from_f32(vec![s[1], s[0], s[2]], &v),
+        );
     });
     let e = load_err(bad.path());
     assert!(
-        e.contains("model.safetensors") && e.contains("decoder.layers.2.conv.weight") && e.contains("[64, 128, 16]"),
+        e.contains("model.safetensors")
+            && e.contains("decoder.layers.2.conv.weight")
+            && e.contains("[64, 128, 16]"),
         "{e}"
     );
     let gone = edited_case(|t| {
         t.remove("quantizer.acoustic_residual_vector_quantizer.layers.6.codebook.embed_sum");
     });
     let e = load_err(gone.path());
-    assert!(e.contains("missing tensor") && e.contains("layers.6.codebook.embed_sum"), "{e}");
+    assert!(
+        e.contains("missing tensor") && e.contains("layers.6.codebook.embed_sum"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -185,16 +206,25 @@ fn fixture_codec_is_audible_and_both_backends_agree() {
         assert_eq!(d.audio.len(), 12 * 1920);
         assert_eq!(d.invalid_codes, invalid);
         assert!(d.audio.iter().all(|x| x.is_finite()));
-        let rms = (d.audio.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / d.audio.len() as f64).sqrt();
+        let rms = (d.audio.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / d.audio.len() as f64)
+            .sqrt();
         assert!((0.1..=0.3).contains(&rms), "{} rms {rms}", kind.name());
+        eprintln!("{}: fixture codec rms {rms:.3}", kind.name());
         // Encoding round-trips to the codec's shapes.
         let e = codec.encode(&d.audio).unwrap();
         assert_eq!(e.codes.len(), 12);
-        assert!(e.codes.iter().all(|r| r.len() == 8 && r.iter().all(|&c| (0..2048).contains(&c))));
+        assert!(e
+            .codes
+            .iter()
+            .all(|r| r.len() == 8 && r.iter().all(|&c| (0..2048).contains(&c))));
         assert_eq!(e.latents.len(), 12 * 32);
         audio.push((d.audio, e));
     }
-    let diff = audio[0].0.iter().zip(&audio[1].0).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = audio[0]
+        .0
+        .iter()
+        .zip(&audio[1].0)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff <= 1e-5, "torch vs mlx audio {diff}");
     assert_eq!(audio[0].1.codes, audio[1].1.codes);
 }
@@ -214,7 +244,10 @@ fn each_codec_fault_changes_the_fixture_audio() {
         assert_eq!(codec.info().fault.as_deref(), Some(fault.name()));
         let bad = codec.decode(&codes).unwrap().audio;
         assert_eq!(bad.len(), clean.len(), "{fault}");
-        let diff = clean.iter().zip(&bad).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let diff = clean
+            .iter()
+            .zip(&bad)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!("{fault}: max |Δ| audio {diff:.3e}");
         assert!(diff > 1e-3, "{fault} moved the audio by only {diff}");
     }

@@ -87,7 +87,10 @@ pub trait Codec {
 
 /// Checks a decode request against the codec; returns (frames, codebooks, flat sanitized codes,
 /// invalid count).
-pub fn check_codes(cfg: &MimiConfig, codes: &[Vec<i32>]) -> Result<(usize, usize, Vec<i32>, usize)> {
+pub fn check_codes(
+    cfg: &MimiConfig,
+    codes: &[Vec<i32>],
+) -> Result<(usize, usize, Vec<i32>, usize)> {
     let f = codes.len();
     let c = codes.first().map_or(cfg.num_quantizers, Vec::len);
     if c <= cfg.num_semantic_quantizers.saturating_sub(1) || c > cfg.num_quantizers {

@@ -147,7 +147,10 @@ fn parse_layout(s: &str) -> Result<Layout, String> {
 pub fn run_conform(a: ConformArgs) -> Result<i32> {
     if crate::conform_mimi::is_mimi_case(&a.case) {
         if a.layout.is_some() {
-            anyhow::bail!("--layout applies to CSM cases; {} is a Mimi codec case", a.case.display());
+            anyhow::bail!(
+                "--layout applies to CSM cases; {} is a Mimi codec case",
+                a.case.display()
+            );
         }
         let report = crate::conform_mimi::conform_mimi(&a.case, &a.backend.kinds()?)?;
         if a.json {

@@ -246,7 +246,7 @@ fn ensure_fixture(
 pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
     ensure_fixture(
         default_fixture_dir(),
-        Path::new("model.safetensors"),
+        Path::new("codec/model.safetensors"),
         "tiny fixture model",
         |d| write_fixture(d, DEFAULT_SEED),
     )
@@ -438,7 +438,7 @@ mod tests {
 
 /// Output level of the fixture codec: the last SEANet conv's weights are scaled so that the
 /// decoded audio of typical codes has an RMS of about 0.2 (measured: see tests/mimi.rs).
-pub const CODEC_OUTPUT_GAIN: f32 = 1.0;
+pub const CODEC_OUTPUT_GAIN: f32 = 0.047;
 
 /// Random weights of the Mimi of `cfg` (transformers names): He-style convs and projections,
 /// LayerNorms near identity, layer scales 0.5, codebooks N(0, 1) stored as embed_sum /
@@ -448,7 +448,9 @@ pub fn random_mimi_weights(cfg: &MimiConfig, seed: u64) -> BTreeMap<String, Host
     let last_conv = {
         let dec = super::mimi::decoder_layers(cfg);
         match dec.last() {
-            Some(super::mimi::SeanetLayer::Conv { conv, .. }) => format!("{}.conv.weight", conv.name),
+            Some(super::mimi::SeanetLayer::Conv { conv, .. }) => {
+                format!("{}.conv.weight", conv.name)
+            }
             _ => String::new(),
         }
     };
@@ -463,10 +465,19 @@ pub fn random_mimi_weights(cfg: &MimiConfig, seed: u64) -> BTreeMap<String, Host
             (0..n).map(|_| (0.5 + 1.5 * rng.uniform()) as f32).collect()
         } else if name.ends_with("embed_sum") {
             // Codebook vector = embed_sum / usage ~ N(0, 1): draw the vector, multiply by usage.
-            let mut urng = SplitMix64(seed ^ fnv1a(&format!("mimi/{}", name.replace("embed_sum", "cluster_usage"))));
-            let usage: Vec<f32> = (0..shape[0]).map(|_| (0.5 + 1.5 * urng.uniform()) as f32).collect();
+            let mut urng = SplitMix64(
+                seed ^ fnv1a(&format!(
+                    "mimi/{}",
+                    name.replace("embed_sum", "cluster_usage")
+                )),
+            );
+            let usage: Vec<f32> = (0..shape[0])
+                .map(|_| (0.5 + 1.5 * urng.uniform()) as f32)
+                .collect();
             let dim = shape[1];
-            (0..n).map(|i| rng.normal() as f32 * usage[i / dim]).collect()
+            (0..n)
+                .map(|i| rng.normal() as f32 * usage[i / dim])
+                .collect()
         } else if name.ends_with("layer_scale.scale") {
             (0..n).map(|_| (0.5 + 0.05 * rng.normal()) as f32).collect()
         } else if name.contains("layernorm.weight") {
@@ -475,12 +486,17 @@ pub fn random_mimi_weights(cfg: &MimiConfig, seed: u64) -> BTreeMap<String, Host
             normal(&mut rng, 0.05)
         } else {
             // Weights: [out, in, k] convs, [in, out/g, k] transposed convs, [out, in] linears.
-            let fan_in: usize = if name.starts_with("decoder.") && shape.len() == 3 && is_transposed(cfg, &name) {
-                shape[0] * shape[2] / 2
+            let fan_in: usize =
+                if name.starts_with("decoder.") && shape.len() == 3 && is_transposed(cfg, &name) {
+                    shape[0] * shape[2] / 2
+                } else {
+                    shape[1..].iter().product()
+                };
+            let gain = if name == last_conv {
+                CODEC_OUTPUT_GAIN
             } else {
-                shape[1..].iter().product()
+                1.0
             };
-            let gain = if name == last_conv { CODEC_OUTPUT_GAIN } else { 1.0 };
             normal(&mut rng, gain * (2.0 / fan_in.max(1) as f32).sqrt())
         };
         out.insert(name, HostTensor::from_f32(shape, &values));
@@ -498,7 +514,10 @@ fn is_transposed(cfg: &MimiConfig, name: &str) -> bool {
 /// layout) to `dir`.
 pub fn write_codec_fixture(dir: &Path, cfg: &MimiConfig, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_safetensors(&dir.join("model.safetensors"), &random_mimi_weights(cfg, seed))?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &random_mimi_weights(cfg, seed),
+    )?;
     let mut config = cfg.to_hf_json();
     config["fixture_seed"] = serde_json::json!(seed);
     config["fixture_version"] = serde_json::json!(FIXTURE_VERSION);

@@ -35,7 +35,13 @@ struct Conv {
 }
 
 impl Conv {
-    fn load(m: &MimiModel, spec: &ConvSpec, dt: Dtype, bias: bool, pad_mode: PadMode) -> Result<Self> {
+    fn load(
+        m: &MimiModel,
+        spec: &ConvSpec,
+        dt: Dtype,
+        bias: bool,
+        pad_mode: PadMode,
+    ) -> Result<Self> {
         let get = |leaf: &str| to_array(m.weights.get(&format!("{}.conv.{leaf}", spec.name)), dt);
         let w = get("weight")?.transpose_axes(&[0, 2, 1])?;
         w.eval()?;
@@ -125,7 +131,12 @@ impl ConvTranspose {
             Some(b) => y.add(b)?,
             None => y,
         };
-        let (left, right) = transpose_trim(self.kernel, self.stride, self.trim_right_ratio, !f.non_causal);
+        let (left, right) = transpose_trim(
+            self.kernel,
+            self.stride,
+            self.trim_right_ratio,
+            !f.non_causal,
+        );
         let len = y.dim(1);
         let keep = Array::arange::<i32, i32>(left as i32, len - right as i32, None)?;
         Ok(take_axis(&y, &keep, 1)?)
@@ -177,7 +188,9 @@ impl Seanet {
             h = match layer {
                 Layer::Conv { conv, elu: e } => conv.forward(&if *e { elu(&h)? } else { h }, f)?,
                 Layer::ConvTranspose(conv) => conv.forward(&elu(&h)?, f)?,
-                Layer::Residual(c1, c2) => h.add(c2.forward(&elu(&c1.forward(&elu(&h)?, f)?)?, f)?)?,
+                Layer::Residual(c1, c2) => {
+                    h.add(c2.forward(&elu(&c1.forward(&elu(&h)?, f)?)?, f)?)?
+                }
             };
         }
         Ok(h)
@@ -212,7 +225,9 @@ struct Transformer {
 impl Transformer {
     fn load(m: &MimiModel, stack: &str, dt: Dtype) -> Result<Self> {
         let cfg = &m.config;
-        let get = |i: usize, leaf: &str| to_array(m.weights.get(&format!("{stack}.layers.{i}.{leaf}")), dt);
+        let get = |i: usize, leaf: &str| {
+            to_array(m.weights.get(&format!("{stack}.layers.{i}.{leaf}")), dt)
+        };
         let get_t = |i: usize, leaf: &str| -> Result<Array> {
             let a = get(i, leaf)?.t();
             a.eval()?;
@@ -221,7 +236,10 @@ impl Transformer {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 Ok(TLayer {
-                    norm1: (get(i, "input_layernorm.weight")?, get(i, "input_layernorm.bias")?),
+                    norm1: (
+                        get(i, "input_layernorm.weight")?,
+                        get(i, "input_layernorm.bias")?,
+                    ),
                     norm2: (
                         get(i, "post_attention_layernorm.weight")?,
                         get(i, "post_attention_layernorm.bias")?,
@@ -250,7 +268,15 @@ impl Transformer {
 
     /// Split-half RoPE at positions 0..L on x [1, H, L, hd].
     fn rope(&self, x: &Array) -> Result<Array> {
-        Ok(fast::rope(x, self.head_dim, false, self.rope_theta, 1.0, 0, None::<&Array>)?)
+        Ok(fast::rope(
+            x,
+            self.head_dim,
+            false,
+            self.rope_theta,
+            1.0,
+            0,
+            None::<&Array>,
+        )?)
     }
 
     /// Additive mask [L, L]: −∞ for later keys and for those `window` or more before the query.
@@ -259,7 +285,8 @@ impl Transformer {
         let k = Array::arange::<i32, i32>(0, l, None)?.reshape(&[1, l])?;
         let mut hidden = k.gt(&q)?;
         if !f.no_window {
-            let too_old = k.le(q.subtract(Array::from_int(self.window.min(i32::MAX as usize) as i32))?)?;
+            let too_old =
+                k.le(q.subtract(Array::from_int(self.window.min(i32::MAX as usize) as i32))?)?;
             hidden = hidden.logical_or(&too_old)?;
         }
         let zero = Array::from_f32(0.0);
@@ -277,7 +304,10 @@ impl Transformer {
         for layer in &self.layers {
             let xn = fast::layer_norm(&h, &layer.norm1.0, &layer.norm1.1, self.eps)?;
             let split = |w: &Array, n: i32| -> Result<Array> {
-                Ok(xn.matmul(w)?.reshape(&[1, l, n, hd])?.transpose_axes(&[0, 2, 1, 3])?)
+                Ok(xn
+                    .matmul(w)?
+                    .reshape(&[1, l, n, hd])?
+                    .transpose_axes(&[0, 2, 1, 3])?)
             };
             let q = self.rope(&split(&layer.q_t, nh)?)?;
             let k = self.rope(&split(&layer.k_t, nkv)?)?;
@@ -328,7 +358,9 @@ impl Quantizer {
                 return Ok(None);
             }
             let w = to_array(
-                m.weights.get(&format!("quantizer.{group}_residual_vector_quantizer.{leaf}.weight")),
+                m.weights.get(&format!(
+                    "quantizer.{group}_residual_vector_quantizer.{leaf}.weight"
+                )),
                 dt,
             )?;
             let s = w.shape();
@@ -380,9 +412,11 @@ impl Quantizer {
         for e in &self.codebooks {
             let ef = e.as_dtype(Dtype::Float32)?;
             let e2 = ef.square()?.sum_axis(1, false)?;
-            let dist = e2
-                .reshape(&[1, -1])?
-                .subtract(r.as_dtype(Dtype::Float32)?.matmul(ef.t())?.multiply(Array::from_f32(2.0))?)?;
+            let dist = e2.reshape(&[1, -1])?.subtract(
+                r.as_dtype(Dtype::Float32)?
+                    .matmul(ef.t())?
+                    .multiply(Array::from_f32(2.0))?,
+            )?;
             let idx = argmin_axis(&dist, 1, false)?.as_dtype(Dtype::Int32)?;
             r = r.subtract(take_axis(e, &idx, 0)?)?;
             out.push(idx);
@@ -455,11 +489,16 @@ impl Codec for MlxMimi {
     fn decode(&mut self, codes: &[Vec<i32>]) -> Result<Decoded> {
         let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
         if f == 0 {
-            return Ok(Decoded { audio: vec![], invalid_codes });
+            return Ok(Decoded {
+                audio: vec![],
+                invalid_codes,
+            });
         }
         let codes = Array::from_slice(&flat, &[f as i32, c as i32]);
         let [sem, aco] = &self.quantizers;
-        let mut z = sem.decode(&codes)?.expect("at least the semantic codebooks");
+        let mut z = sem
+            .decode(&codes)?
+            .expect("at least the semantic codebooks");
         if let Some(a) = aco.decode(&codes)? {
             z = z.add(&a)?;
         }
@@ -487,7 +526,10 @@ impl Codec for MlxMimi {
         let (f, d) = (latents.dim(1), latents.dim(2));
         let latents = latents.reshape(&[f, d])?;
         let codes = concatenate(
-            &[self.quantizers[0].encode(&latents)?, self.quantizers[1].encode(&latents)?],
+            &[
+                self.quantizers[0].encode(&latents)?,
+                self.quantizers[1].encode(&latents)?,
+            ],
             1,
         )?;
         // One host copy: latents then codes (exact in f32: codes < 2^24).

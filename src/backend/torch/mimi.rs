@@ -24,7 +24,8 @@ struct Conv {
 
 impl Conv {
     fn load(m: &MimiModel, spec: &ConvSpec, kind: Kind, bias: bool, pad_mode: PadMode) -> Self {
-        let get = |leaf: &str| to_tensor(m.weights.get(&format!("{}.conv.{leaf}", spec.name)), kind);
+        let get =
+            |leaf: &str| to_tensor(m.weights.get(&format!("{}.conv.{leaf}", spec.name)), kind);
         Conv {
             w: get("weight"),
             b: bias.then(|| get("bias")),
@@ -66,7 +67,14 @@ struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    fn load(m: &MimiModel, name: &str, kind: Kind, bias: bool, stride: usize, groups: usize) -> Self {
+    fn load(
+        m: &MimiModel,
+        name: &str,
+        kind: Kind,
+        bias: bool,
+        stride: usize,
+        groups: usize,
+    ) -> Self {
         let get = |leaf: &str| to_tensor(m.weights.get(&format!("{name}.conv.{leaf}")), kind);
         let w = get("weight");
         ConvTranspose {
@@ -110,27 +118,23 @@ struct Seanet {
 impl Seanet {
     fn load(m: &MimiModel, specs: &[SeanetLayer], kind: Kind) -> Self {
         let pad = m.config.pad_mode;
-        let layers = specs
-            .iter()
-            .map(|s| match s {
-                SeanetLayer::Conv { conv, elu } => Layer::Conv {
-                    conv: Conv::load(m, conv, kind, true, pad),
-                    elu: *elu,
-                },
-                SeanetLayer::ConvTranspose { conv } => Layer::ConvTranspose(ConvTranspose::load(
-                    m,
-                    &conv.name,
-                    kind,
-                    true,
-                    conv.stride,
-                    1,
-                )),
-                SeanetLayer::Residual { conv1, conv2 } => Layer::Residual(
-                    Conv::load(m, conv1, kind, true, pad),
-                    Conv::load(m, conv2, kind, true, pad),
-                ),
-            })
-            .collect();
+        let layers =
+            specs
+                .iter()
+                .map(|s| match s {
+                    SeanetLayer::Conv { conv, elu } => Layer::Conv {
+                        conv: Conv::load(m, conv, kind, true, pad),
+                        elu: *elu,
+                    },
+                    SeanetLayer::ConvTranspose { conv } => Layer::ConvTranspose(
+                        ConvTranspose::load(m, &conv.name, kind, true, conv.stride, 1),
+                    ),
+                    SeanetLayer::Residual { conv1, conv2 } => Layer::Residual(
+                        Conv::load(m, conv1, kind, true, pad),
+                        Conv::load(m, conv2, kind, true, pad),
+                    ),
+                })
+                .collect();
         Seanet { layers }
     }
 
@@ -180,7 +184,10 @@ impl Transformer {
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| TLayer {
-                norm1: (get(i, "input_layernorm.weight"), get(i, "input_layernorm.bias")),
+                norm1: (
+                    get(i, "input_layernorm.weight"),
+                    get(i, "input_layernorm.bias"),
+                ),
                 norm2: (
                     get(i, "post_attention_layernorm.weight"),
                     get(i, "post_attention_layernorm.bias"),
@@ -235,8 +242,18 @@ impl Transformer {
         let mask = self.attention_mask(l);
         let mut h = x.shallow_clone();
         for layer in &self.layers {
-            let xn = h.layer_norm([d], Some(&layer.norm1.0), Some(&layer.norm1.1), self.eps, false);
-            let split = |w: &Tensor, n: i64| xn.linear::<Tensor>(w, None).view([1, l, n, hd]).transpose(1, 2);
+            let xn = h.layer_norm(
+                [d],
+                Some(&layer.norm1.0),
+                Some(&layer.norm1.1),
+                self.eps,
+                false,
+            );
+            let split = |w: &Tensor, n: i64| {
+                xn.linear::<Tensor>(w, None)
+                    .view([1, l, n, hd])
+                    .transpose(1, 2)
+            };
             let q = self.rope(&split(&layer.q, nh));
             let k = self.rope(&split(&layer.k, nkv));
             let v = split(&layer.v, nkv);
@@ -258,7 +275,13 @@ impl Transformer {
                 .reshape([1, l, nh * hd])
                 .linear::<Tensor>(&layer.o, None);
             h = &h + attn * &layer.attn_scale;
-            let xn = h.layer_norm([d], Some(&layer.norm2.0), Some(&layer.norm2.1), self.eps, false);
+            let xn = h.layer_norm(
+                [d],
+                Some(&layer.norm2.0),
+                Some(&layer.norm2.1),
+                self.eps,
+                false,
+            );
             let mlp = xn
                 .linear::<Tensor>(&layer.fc1, None)
                 .gelu("none")
@@ -288,7 +311,9 @@ impl Quantizer {
         let proj = |leaf: &str| {
             m.config.has_vq_projections().then(|| {
                 to_tensor(
-                    m.weights.get(&format!("quantizer.{group}_residual_vector_quantizer.{leaf}.weight")),
+                    m.weights.get(&format!(
+                        "quantizer.{group}_residual_vector_quantizer.{leaf}.weight"
+                    )),
                     kind,
                 )
                 .squeeze_dim(2)
@@ -408,16 +433,24 @@ impl Codec for TorchMimi {
         let _guard = tch::no_grad_guard();
         let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
         if f == 0 {
-            return Ok(Decoded { audio: vec![], invalid_codes });
+            return Ok(Decoded {
+                audio: vec![],
+                invalid_codes,
+            });
         }
-        let codes = Tensor::from_slice(&flat).view([f as i64, c as i64]).to_kind(Kind::Int64);
+        let codes = Tensor::from_slice(&flat)
+            .view([f as i64, c as i64])
+            .to_kind(Kind::Int64);
         let [sem, aco] = &self.quantizers;
         let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
         if let Some(a) = aco.decode(&codes) {
             z = z + a;
         }
         let x = self.upsample.forward(&z.transpose(0, 1).unsqueeze(0)); // [1, D, 2F]
-        let x = self.decoder_transformer.forward(&x.transpose(1, 2)).transpose(1, 2);
+        let x = self
+            .decoder_transformer
+            .forward(&x.transpose(1, 2))
+            .transpose(1, 2);
         let audio = self.decoder.forward(&x).reshape([-1]).to_kind(Kind::Float);
         // The one host copy of the audio.
         Ok(Decoded {
@@ -431,10 +464,16 @@ impl Codec for TorchMimi {
         check_wave(wave)?;
         let x = Tensor::from_slice(wave).view([1, 1, -1]).to_kind(self.kind);
         let x = self.encoder.forward(&x); // [1, D, L]
-        let x = self.encoder_transformer.forward(&x.transpose(1, 2)).transpose(1, 2);
+        let x = self
+            .encoder_transformer
+            .forward(&x.transpose(1, 2))
+            .transpose(1, 2);
         let latents = self.downsample.forward(&x).squeeze_dim(0).transpose(0, 1); // [F, D]
         let codes = Tensor::cat(
-            &[self.quantizers[0].encode(&latents), self.quantizers[1].encode(&latents)],
+            &[
+                self.quantizers[0].encode(&latents),
+                self.quantizers[1].encode(&latents),
+            ],
             1,
         );
         let (f, d) = latents.size2()?;

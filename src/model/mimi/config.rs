@@ -159,7 +159,8 @@ impl MimiConfig {
             None => bail!("{what}: no \"model_type\" (expected \"mimi\")"),
         }
         let cfg = Self::parse(v).with_context(|| format!("{what}: Mimi config"))?;
-        cfg.validate().with_context(|| format!("{what}: Mimi config"))?;
+        cfg.validate()
+            .with_context(|| format!("{what}: Mimi config"))?;
         Ok(cfg)
     }
 
@@ -196,11 +197,17 @@ impl MimiConfig {
             }
         };
         bool_key("use_causal_conv", true, "Mimi's convs are causal")?;
-        bool_key("use_conv_shortcut", false, "Mimi's residual blocks add the input")?;
+        bool_key(
+            "use_conv_shortcut",
+            false,
+            "Mimi's residual blocks add the input",
+        )?;
         bool_key("attention_bias", false, "Mimi's projections have no bias")?;
         match v.get("hidden_act").and_then(Value::as_str) {
             Some("gelu") | None => {}
-            Some(other) => bail!("\"hidden_act\" {other:?} is not supported (expected \"gelu\", the exact erf GELU)"),
+            Some(other) => bail!(
+                "\"hidden_act\" {other:?} is not supported (expected \"gelu\", the exact erf GELU)"
+            ),
         }
         // transformers 5 writes `rope_parameters`; 4.x wrote `rope_theta` (+ `rope_scaling`).
         let params = v
@@ -227,10 +234,9 @@ impl MimiConfig {
         let opt_usize = |key: &str, default: usize| -> Result<usize> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .with_context(|| format!("\"{key}\": expected a non-negative integer, got {x}")),
+                Some(x) => x.as_u64().map(|n| n as usize).with_context(|| {
+                    format!("\"{key}\": expected a non-negative integer, got {x}")
+                }),
             }
         };
         let vq = get_usize(v, "vector_quantization_hidden_dimension")?;
@@ -300,7 +306,10 @@ impl MimiConfig {
             ("num_quantizers", self.num_quantizers),
             ("codebook_size", self.codebook_size),
             ("codebook_dim", self.codebook_dim),
-            ("vector_quantization_hidden_dimension", self.vector_quantization_hidden_dimension),
+            (
+                "vector_quantization_hidden_dimension",
+                self.vector_quantization_hidden_dimension,
+            ),
             ("upsample_groups", self.upsample_groups),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, n)| *n == 0) {
@@ -316,16 +325,23 @@ impl MimiConfig {
             bail!("\"upsampling_ratios\" must be a non-empty list of positive integers");
         }
         if !self.head_dim.is_multiple_of(2) {
-            bail!("\"head_dim\" = {} must be even (RoPE rotates pairs)", self.head_dim);
+            bail!(
+                "\"head_dim\" = {} must be even (RoPE rotates pairs)",
+                self.head_dim
+            );
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "\"num_attention_heads\" = {} is not a multiple of \"num_key_value_heads\" = {}",
                 self.num_attention_heads,
                 self.num_key_value_heads
             );
         }
-        if self.num_semantic_quantizers == 0 || self.num_semantic_quantizers >= self.num_quantizers {
+        if self.num_semantic_quantizers == 0 || self.num_semantic_quantizers >= self.num_quantizers
+        {
             bail!(
                 "\"num_semantic_quantizers\" = {} must be at least 1 and below \"num_quantizers\" = {}",
                 self.num_semantic_quantizers,
@@ -365,7 +381,10 @@ impl MimiConfig {
             );
         }
         if !(0.0..=1.0).contains(&self.trim_right_ratio) {
-            bail!("\"trim_right_ratio\" = {} must lie in [0, 1]", self.trim_right_ratio);
+            bail!(
+                "\"trim_right_ratio\" = {} must lie in [0, 1]",
+                self.trim_right_ratio
+            );
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             bail!("\"norm_eps\" = {} must be positive", self.norm_eps);

@@ -71,10 +71,9 @@ impl MimiModel {
         if sub.join("config.json").is_file() {
             return Some(sub);
         }
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(csm_dir.join("config.json")).ok()?,
-        )
-        .ok()?;
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(csm_dir.join("config.json")).ok()?)
+                .ok()?;
         (v.get("model_type").and_then(Value::as_str) == Some("csm")
             && v.get("codec_config").is_some())
         .then(|| csm_dir.to_path_buf())
@@ -82,7 +81,8 @@ impl MimiModel {
 
     /// Checks the codec decodes `codebooks` codebooks per frame (a CSM model's count).
     pub fn check_codebooks(&self, codebooks: usize) -> Result<()> {
-        if codebooks > self.config.num_quantizers || codebooks <= self.config.num_semantic_quantizers
+        if codebooks > self.config.num_quantizers
+            || codebooks <= self.config.num_semantic_quantizers
         {
             bail!(
                 "{}: the codec has {} codebooks ({} semantic); the model produces {codebooks}",
@@ -143,7 +143,12 @@ pub fn conv_padding(len: usize, kernel: usize, stride: usize, causal: bool) -> (
 /// What a transposed conv of `kernel` and `stride` trims from its output (left, right), as
 /// transformers' `MimiConvTranspose1d`: causal trims `ceil((kernel − stride) · ratio)` on the
 /// right and the rest on the left; non-causal trims half on the right.
-pub fn transpose_trim(kernel: usize, stride: usize, trim_right_ratio: f64, causal: bool) -> (usize, usize) {
+pub fn transpose_trim(
+    kernel: usize,
+    stride: usize,
+    trim_right_ratio: f64,
+    causal: bool,
+) -> (usize, usize) {
     let total = kernel - stride;
     let right = if causal {
         (total as f64 * trim_right_ratio).ceil() as usize

@@ -30,7 +30,14 @@ pub enum SeanetLayer {
     Residual { conv1: ConvSpec, conv2: ConvSpec },
 }
 
-fn conv(name: String, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, dilation: usize) -> ConvSpec {
+fn conv(
+    name: String,
+    in_ch: usize,
+    out_ch: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> ConvSpec {
     ConvSpec {
         name,
         in_ch,
@@ -53,7 +60,14 @@ fn residual(cfg: &MimiConfig, prefix: &str, idx: usize, dim: usize, j: usize) ->
             1,
             dil,
         ),
-        conv2: conv(format!("{prefix}.layers.{idx}.block.3"), hidden, dim, 1, 1, 1),
+        conv2: conv(
+            format!("{prefix}.layers.{idx}.block.3"),
+            hidden,
+            dim,
+            1,
+            1,
+            1,
+        ),
     }
 }
 
@@ -62,7 +76,14 @@ fn residual(cfg: &MimiConfig, prefix: &str, idx: usize, dim: usize, j: usize) ->
 pub fn encoder_layers(cfg: &MimiConfig) -> Vec<SeanetLayer> {
     let f = cfg.num_filters;
     let mut out = vec![SeanetLayer::Conv {
-        conv: conv("encoder.layers.0".into(), cfg.audio_channels, f, cfg.kernel_size, 1, 1),
+        conv: conv(
+            "encoder.layers.0".into(),
+            cfg.audio_channels,
+            f,
+            cfg.kernel_size,
+            1,
+            1,
+        ),
         elu: false,
     }];
     let (mut idx, mut scale) = (1, 1);
@@ -74,7 +95,14 @@ pub fn encoder_layers(cfg: &MimiConfig) -> Vec<SeanetLayer> {
         }
         idx += 1; // ELU
         out.push(SeanetLayer::Conv {
-            conv: conv(format!("encoder.layers.{idx}"), dim, dim * 2, ratio * 2, ratio, 1),
+            conv: conv(
+                format!("encoder.layers.{idx}"),
+                dim,
+                dim * 2,
+                ratio * 2,
+                ratio,
+                1,
+            ),
             elu: true,
         });
         idx += 1;
@@ -100,7 +128,14 @@ pub fn decoder_layers(cfg: &MimiConfig) -> Vec<SeanetLayer> {
     let f = cfg.num_filters;
     let mut scale = 1usize << cfg.upsampling_ratios.len();
     let mut out = vec![SeanetLayer::Conv {
-        conv: conv("decoder.layers.0".into(), cfg.hidden_size, scale * f, cfg.kernel_size, 1, 1),
+        conv: conv(
+            "decoder.layers.0".into(),
+            cfg.hidden_size,
+            scale * f,
+            cfg.kernel_size,
+            1,
+            1,
+        ),
         elu: false,
     }];
     let mut idx = 1;
@@ -108,7 +143,14 @@ pub fn decoder_layers(cfg: &MimiConfig) -> Vec<SeanetLayer> {
         let dim = scale * f;
         idx += 1; // ELU
         out.push(SeanetLayer::ConvTranspose {
-            conv: conv(format!("decoder.layers.{idx}"), dim, dim / 2, ratio * 2, ratio, 1),
+            conv: conv(
+                format!("decoder.layers.{idx}"),
+                dim,
+                dim / 2,
+                ratio * 2,
+                ratio,
+                1,
+            ),
         });
         idx += 1;
         for j in 0..cfg.num_residual_layers {
@@ -136,7 +178,11 @@ pub fn decoder_layers(cfg: &MimiConfig) -> Vec<SeanetLayer> {
 pub fn quantizer_groups(cfg: &MimiConfig) -> [(&'static str, usize, usize); 2] {
     [
         ("semantic", 0, cfg.num_semantic_quantizers),
-        ("acoustic", cfg.num_semantic_quantizers, cfg.num_acoustic_quantizers()),
+        (
+            "acoustic",
+            cfg.num_semantic_quantizers,
+            cfg.num_acoustic_quantizers(),
+        ),
     ]
 }
 
@@ -165,7 +211,10 @@ pub fn expected_tensors(cfg: &MimiConfig) -> Vec<(String, Vec<usize>)> {
     }
     let (h, k) = (cfg.hidden_size, cfg.resample_kernel());
     out.push(("downsample.conv.weight".into(), vec![h, h, k]));
-    out.push(("upsample.conv.weight".into(), vec![h, h / cfg.upsample_groups, k]));
+    out.push((
+        "upsample.conv.weight".into(),
+        vec![h, h / cfg.upsample_groups, k],
+    ));
     let (nh, nkv, hd, m) = (
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
@@ -253,10 +302,7 @@ impl MimiWeights {
         HostTensor::from_f32(sum.shape.clone(), &values)
     }
     pub fn stored_dtype(&self) -> DType {
-        self.tensors
-            .values()
-            .next()
-            .map_or(DType::F32, |t| t.dtype)
+        self.tensors.values().next().map_or(DType::F32, |t| t.dtype)
     }
 }
 
@@ -282,7 +328,10 @@ pub fn validate_mimi(
     let mut tensors = BTreeMap::new();
     for (key, t, file) in raw {
         let Some(name) = key.strip_prefix(prefix) else {
-            bail!("{}: key {key:?} lacks the prefix {prefix:?}", file.display());
+            bail!(
+                "{}: key {key:?} lacks the prefix {prefix:?}",
+                file.display()
+            );
         };
         if name.ends_with(".codebook.initialized") && t.numel() == 1 {
             continue;
