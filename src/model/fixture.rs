@@ -399,43 +399,6 @@ pub fn ensure_llama_fixture() -> Result<std::path::PathBuf> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::tokenizer::PromptTokenizer;
-
-    #[test]
-    fn tokenizer_round_trips_and_fits_vocab() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("tokenizer.json");
-        std::fs::write(&p, tokenizer_json(264)).unwrap();
-        let tok = PromptTokenizer::from_file(&p).unwrap();
-        let ids = tok.encode_segment(0, "the cat sat").unwrap();
-        assert_eq!(ids.first(), Some(&261));
-        assert_eq!(ids.last(), Some(&262));
-        assert!(ids.iter().all(|&i| i < 264));
-        assert!(
-            ids.len() < "[0]the cat sat".len() + 2,
-            "merges apply: {ids:?}"
-        );
-        assert_eq!(tok.decode(&ids).unwrap(), "[0]the cat sat");
-    }
-
-    #[test]
-    fn fixture_is_byte_identical() {
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        write_fixture(a.path(), 7).unwrap();
-        write_fixture(b.path(), 7).unwrap();
-        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
-            assert_eq!(
-                std::fs::read(a.path().join(f)).unwrap(),
-                std::fs::read(b.path().join(f)).unwrap(),
-                "{f}"
-            );
-        }
-    }
-}
-
 /// Output level of the fixture codec: the last SEANet conv's weights are scaled so that the
 /// decoded audio of typical codes has an RMS of about 0.2 (measured: see tests/mimi.rs).
 pub const CODEC_OUTPUT_GAIN: f32 = 0.047;
@@ -525,4 +488,41 @@ pub fn write_codec_fixture(dir: &Path, cfg: &MimiConfig, seed: u64) -> Result<()
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::PromptTokenizer;
+
+    #[test]
+    fn tokenizer_round_trips_and_fits_vocab() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        std::fs::write(&p, tokenizer_json(264)).unwrap();
+        let tok = PromptTokenizer::from_file(&p).unwrap();
+        let ids = tok.encode_segment(0, "the cat sat").unwrap();
+        assert_eq!(ids.first(), Some(&261));
+        assert_eq!(ids.last(), Some(&262));
+        assert!(ids.iter().all(|&i| i < 264));
+        assert!(
+            ids.len() < "[0]the cat sat".len() + 2,
+            "merges apply: {ids:?}"
+        );
+        assert_eq!(tok.decode(&ids).unwrap(), "[0]the cat sat");
+    }
+
+    #[test]
+    fn fixture_is_byte_identical() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_fixture(a.path(), 7).unwrap();
+        write_fixture(b.path(), 7).unwrap();
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            assert_eq!(
+                std::fs::read(a.path().join(f)).unwrap(),
+                std::fs::read(b.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
 }

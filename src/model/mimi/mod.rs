@@ -114,18 +114,6 @@ pub fn sanitize_codes(codes: &[i32], codebook_size: usize) -> (Vec<i32>, usize) 
     (out, bad)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn out_of_range_codes_map_to_zero_and_are_counted() {
-        let (c, n) = sanitize_codes(&[5, 2048, 2050, -1, 2047], 2048);
-        assert_eq!(c, vec![5, 0, 0, 0, 2047]);
-        assert_eq!(n, 3);
-    }
-}
-
 /// Padding (left, right) of a conv of effective kernel `kernel` and `stride` over `len` steps,
 /// as transformers' `MimiConv1d` computes it: `kernel − stride` in all (left when `causal`,
 /// split half-and-half otherwise, the odd one on the left) plus, on the right, what completes
@@ -156,4 +144,16 @@ pub fn transpose_trim(
         total / 2
     };
     (total - right, right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_codes_map_to_zero_and_are_counted() {
+        let (c, n) = sanitize_codes(&[5, 2048, 2050, -1, 2047], 2048);
+        assert_eq!(c, vec![5, 0, 0, 0, 2047]);
+        assert_eq!(n, 3);
+    }
 }
