@@ -12,6 +12,7 @@ pub mod capture;
 pub mod capture_run;
 pub mod cli;
 pub mod conform;
+pub mod conform_mimi;
 pub mod faults;
 pub mod gate;
 pub mod gate_outside;

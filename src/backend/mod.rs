@@ -6,6 +6,9 @@ use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 
+pub use codec::{load_codec, Codec, CodecFault, Decoded, Encoded};
+
+pub mod codec;
 #[cfg(feature = "mlx")]
 pub mod mlx;
 #[cfg(feature = "torch")]

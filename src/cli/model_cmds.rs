@@ -126,15 +126,18 @@ pub fn run_inspect(a: InspectArgs) -> Result<i32> {
 
 #[derive(Debug, Args)]
 pub struct ConformArgs {
-    /// Conformance case directory (prompt_ids.npy, frames.npy, c0_logits.npy, depth_logits.npy,
-    /// original/ and/or hf/).
+    /// Conformance case directory: a CSM case (prompt_ids.npy, frames.npy, c0_logits.npy,
+    /// depth_logits.npy, original/ and/or hf/) or a Mimi codec case (config.json with
+    /// model_type "mimi", model.safetensors, codes.npy, audio.npy, wave.npy, latents.npy,
+    /// wave_codes.npy; see docs/codec.md).
     pub case: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendChoice::Both)]
     pub backend: BackendChoice,
     /// Only this layout's model folder (default: every one present).
     #[arg(long, value_parser = parse_layout)]
     pub layout: Option<Layout>,
-    /// Largest |ours − reference| logit allowed.
+    /// Largest |ours − reference| logit allowed (CSM cases; a Mimi case uses audio 1e-5,
+    /// latents 1e-5 × their scale, codes exact).
     #[arg(long, default_value = "1e-4", value_parser = super::common::parse_tolerance, allow_negative_numbers = true)]
     pub atol: f64,
     #[arg(long)]
@@ -146,6 +149,21 @@ fn parse_layout(s: &str) -> Result<Layout, String> {
 }
 
 pub fn run_conform(a: ConformArgs) -> Result<i32> {
+    if crate::conform_mimi::is_mimi_case(&a.case) {
+        if a.layout.is_some() {
+            anyhow::bail!(
+                "--layout applies to CSM cases; {} is a Mimi codec case",
+                a.case.display()
+            );
+        }
+        let report = crate::conform_mimi::conform_mimi(&a.case, &a.backend.kinds()?)?;
+        if a.json {
+            print_json(&report)?;
+        } else {
+            print!("{}", report.render());
+        }
+        return Ok(if report.conforms { 0 } else { 1 });
+    }
     let layouts = a.layout.map(|l| vec![l]);
     let report = crate::conform::conform(&a.case, &a.backend.kinds()?, layouts.as_deref(), a.atol)?;
     if a.json {

@@ -311,14 +311,14 @@ impl CsmConfig {
     }
 }
 
-fn get_usize(v: &Value, key: &str) -> Result<usize> {
+pub(crate) fn get_usize(v: &Value, key: &str) -> Result<usize> {
     v.get(key)
         .and_then(Value::as_u64)
         .map(|n| n as usize)
         .with_context(|| format!("missing or non-integer \"{key}\""))
 }
 
-fn get_f64(v: &Value, key: &str) -> Result<f64> {
+pub(crate) fn get_f64(v: &Value, key: &str) -> Result<f64> {
     v.get(key)
         .and_then(Value::as_f64)
         .with_context(|| format!("missing or non-numeric \"{key}\""))

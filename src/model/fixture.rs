@@ -1,6 +1,8 @@
 //! The tiny fixture model: deterministic weights of the CSM architecture (original key names),
-//! its config and a small byte-level tokenizer. Same seed → byte-identical files.
+//! its config and a small byte-level tokenizer, and its codec: a tiny Mimi in `codec/`.
+//! Same seed → byte-identical files.
 use super::config::CsmConfig;
+use super::mimi::MimiConfig;
 use super::weights::{expected_tensors, write_safetensors, HostTensor};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -190,6 +192,11 @@ pub fn write_fixture(dir: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let weights = random_weights(&cfg, seed);
     write_safetensors(&dir.join("model.safetensors"), &weights)?;
+    write_codec_fixture(
+        &dir.join(super::mimi::CODEC_SUBDIR),
+        &MimiConfig::tiny(cfg.audio_num_codebooks),
+        seed,
+    )?;
     let mut config = cfg.to_original_json();
     config["fixture_seed"] = serde_json::json!(seed);
     config["fixture_version"] = serde_json::json!(FIXTURE_VERSION);
@@ -214,7 +221,7 @@ pub fn default_fixture_dir() -> std::path::PathBuf {
 /// Version of the fixture generators, written as `fixture_version` into each fixture's
 /// config.json: bump it whenever the generated weights change, so bundled fixtures made by an
 /// older build are regenerated instead of silently reused.
-pub const FIXTURE_VERSION: u64 = 2;
+pub const FIXTURE_VERSION: u64 = 3;
 
 /// Makes the fixture in `dir` with `write` when `marker` (its last-written file) is absent or
 /// its config.json comes from another generator version; returns `dir`.
@@ -239,7 +246,7 @@ fn ensure_fixture(
 pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
     ensure_fixture(
         default_fixture_dir(),
-        Path::new("model.safetensors"),
+        Path::new("codec/model.safetensors"),
         "tiny fixture model",
         |d| write_fixture(d, DEFAULT_SEED),
     )
@@ -389,6 +396,97 @@ pub fn ensure_llama_fixture() -> Result<std::path::PathBuf> {
         &Path::new("adapter").join("adapter_config.json"),
         "tiny Llama fixture",
         |d| write_llama_fixture(d, DEFAULT_SEED),
+    )
+}
+
+/// Output level of the fixture codec: the last SEANet conv's weights are scaled so that the
+/// decoded audio of typical codes has an RMS of about 0.2 (measured: see tests/mimi.rs).
+pub const CODEC_OUTPUT_GAIN: f32 = 0.047;
+
+/// Random weights of the Mimi of `cfg` (transformers names): He-style convs and projections,
+/// LayerNorms near identity, layer scales 0.5, codebooks N(0, 1) stored as embed_sum /
+/// cluster_usage with usage in [0.5, 2) (so the division matters). Any size: the benchmark
+/// uses it for the full `kyutai/mimi` shape.
+pub fn random_mimi_weights(cfg: &MimiConfig, seed: u64) -> BTreeMap<String, HostTensor> {
+    let last_conv = {
+        let dec = super::mimi::decoder_layers(cfg);
+        match dec.last() {
+            Some(super::mimi::SeanetLayer::Conv { conv, .. }) => {
+                format!("{}.conv.weight", conv.name)
+            }
+            _ => String::new(),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (name, shape) in super::mimi::expected_tensors(cfg) {
+        let mut rng = SplitMix64(seed ^ fnv1a(&format!("mimi/{name}")));
+        let n: usize = shape.iter().product();
+        let normal = |rng: &mut SplitMix64, std: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.normal() as f32 * std).collect()
+        };
+        let values: Vec<f32> = if name.ends_with("cluster_usage") {
+            (0..n).map(|_| (0.5 + 1.5 * rng.uniform()) as f32).collect()
+        } else if name.ends_with("embed_sum") {
+            // Codebook vector = embed_sum / usage ~ N(0, 1): draw the vector, multiply by usage.
+            let mut urng = SplitMix64(
+                seed ^ fnv1a(&format!(
+                    "mimi/{}",
+                    name.replace("embed_sum", "cluster_usage")
+                )),
+            );
+            let usage: Vec<f32> = (0..shape[0])
+                .map(|_| (0.5 + 1.5 * urng.uniform()) as f32)
+                .collect();
+            let dim = shape[1];
+            (0..n)
+                .map(|i| rng.normal() as f32 * usage[i / dim])
+                .collect()
+        } else if name.ends_with("layer_scale.scale") {
+            (0..n).map(|_| (0.5 + 0.05 * rng.normal()) as f32).collect()
+        } else if name.contains("layernorm.weight") {
+            (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
+        } else if name.contains("layernorm.bias") || name.ends_with(".bias") {
+            normal(&mut rng, 0.05)
+        } else {
+            // Weights: [out, in, k] convs, [in, out/g, k] transposed convs, [out, in] linears.
+            let fan_in: usize =
+                if name.starts_with("decoder.") && shape.len() == 3 && is_transposed(cfg, &name) {
+                    shape[0] * shape[2] / 2
+                } else {
+                    shape[1..].iter().product()
+                };
+            let gain = if name == last_conv {
+                CODEC_OUTPUT_GAIN
+            } else {
+                1.0
+            };
+            normal(&mut rng, gain * (2.0 / fan_in.max(1) as f32).sqrt())
+        };
+        out.insert(name, HostTensor::from_f32(shape, &values));
+    }
+    out
+}
+
+fn is_transposed(cfg: &MimiConfig, name: &str) -> bool {
+    super::mimi::decoder_layers(cfg).iter().any(|l| {
+        matches!(l, super::mimi::SeanetLayer::ConvTranspose { conv } if name == format!("{}.conv.weight", conv.name))
+    })
+}
+
+/// Writes a deterministic tiny Mimi codec (`config.json` + `model.safetensors`, transformers
+/// layout) to `dir`.
+pub fn write_codec_fixture(dir: &Path, cfg: &MimiConfig, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &random_mimi_weights(cfg, seed),
+    )?;
+    let mut config = cfg.to_hf_json();
+    config["fixture_seed"] = serde_json::json!(seed);
+    config["fixture_version"] = serde_json::json!(FIXTURE_VERSION);
+    crate::util::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
     )
 }
 

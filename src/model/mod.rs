@@ -3,6 +3,7 @@ pub mod config;
 pub mod fixture;
 pub mod llama;
 pub mod lora;
+pub mod mimi;
 pub mod tokenizer;
 pub mod weights;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 pub use config::{CsmConfig, LlamaFlavor, RopeScaling};
 pub use llama::{LlamaConfig, LlamaModel};
 pub use lora::LoraAdapter;
+pub use mimi::{MimiConfig, MimiModel};
 pub use tokenizer::{Frames, PromptTokenizer};
 pub use weights::{CsmWeights, DType, HostTensor, Layout};
 

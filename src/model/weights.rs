@@ -305,6 +305,15 @@ pub type RawTensors = Vec<(String, HostTensor, PathBuf)>;
 
 /// Reads every tensor of `files` (F32, BF16, F16); returns them with the sha256 over the files.
 pub fn read_safetensors(files: &[PathBuf]) -> Result<(RawTensors, String)> {
+    read_safetensors_where(files, &|_| true)
+}
+
+/// [`read_safetensors`], keeping only the tensors whose names pass `keep` (the others are
+/// neither copied nor type-checked).
+pub fn read_safetensors_where(
+    files: &[PathBuf],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(RawTensors, String)> {
     let mut raw: RawTensors = Vec::new();
     let mut hasher = Sha256::new();
     for file in files {
@@ -313,7 +322,12 @@ pub fn read_safetensors(files: &[PathBuf]) -> Result<(RawTensors, String)> {
         hasher.update(&bytes);
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
-        let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
+        let mut names: Vec<_> = st
+            .names()
+            .into_iter()
+            .filter(|n| keep(n))
+            .map(String::from)
+            .collect();
         names.sort();
         for name in names {
             let view = st.tensor(&name)?;

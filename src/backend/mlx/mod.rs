@@ -13,6 +13,7 @@ use mlx_rs::{random, Array, Dtype};
 use stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 
 pub mod llama;
+pub mod mimi;
 pub(crate) mod sampler;
 pub(crate) mod stack;
 

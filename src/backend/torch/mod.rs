@@ -9,6 +9,7 @@ use stack::{host_taps, kind_of, tap, to_tensor, Stack};
 use tch::{Device, Kind, Tensor};
 
 pub mod llama;
+pub mod mimi;
 pub(crate) mod sampler;
 pub(crate) mod stack;
 

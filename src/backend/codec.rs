@@ -1,0 +1,142 @@
+//! The `Codec` trait: Mimi (codes ↔ 24 kHz waveform) in one library, MLX or libtorch.
+//!
+//! Decoding takes frames of codes `[F][C]` (codebook 0, the semantic one, first) and returns
+//! mono f32 samples, `F × samples_per_frame` of them. Codes the codec cannot decode — at or
+//! above its codebook size (CSM's audio vocabulary is 2051, Mimi's codebooks hold 2048) or
+//! negative — are decoded as code 0 of their codebook and counted in
+//! [`Decoded::invalid_codes`] (see [`crate::model::mimi::sanitize_codes`]); they never fail a
+//! decode and are never dropped silently.
+use super::BackendKind;
+use crate::capture::BackendInfo;
+use crate::model::mimi::{MimiConfig, MimiModel};
+use crate::model::DType;
+use anyhow::{bail, Result};
+
+/// What a decode produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoded {
+    /// Mono samples at the codec's sampling rate (24 kHz for Mimi).
+    pub audio: Vec<f32>,
+    /// How many codes were outside `0..codebook_size` and decoded as 0.
+    pub invalid_codes: usize,
+}
+
+/// What an encode produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Encoded {
+    /// The encoder's output before quantization, `[frames × hidden]` row-major.
+    pub latents: Vec<f32>,
+    /// Code frames `[F][C]`, codebook 0 (semantic) first.
+    pub codes: Vec<Vec<i32>>,
+}
+
+/// Known codec porting bugs that the MLX codec can inject (for `selftest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CodecFault {
+    /// The SEANet decoder's convs padded symmetrically (half the padding on the right) and its
+    /// transposed convs trimmed half and half, instead of all padding on the left / trim right.
+    NonCausalPadding,
+    /// The decoder transformer attends to every earlier position (no sliding window).
+    NoSlidingWindow,
+    /// The SEANet decoder's transposed-conv weights (`[in, out, k]` in the checkpoint) read as
+    /// if their memory were laid out `[out, k, in]` (a reshape where a transpose belongs).
+    TransposedConvAxes,
+    /// The transformers' MLP uses the tanh-approximate GELU instead of the exact erf one (too
+    /// small to flag on the fixture; conformance catches it). Not in [`CodecFault::ALL`].
+    TanhGelu,
+}
+
+impl CodecFault {
+    /// The faults `selftest` injects.
+    pub const ALL: [CodecFault; 3] = [
+        CodecFault::NonCausalPadding,
+        CodecFault::NoSlidingWindow,
+        CodecFault::TransposedConvAxes,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecFault::NonCausalPadding => "non-causal-padding",
+            CodecFault::NoSlidingWindow => "no-sliding-window",
+            CodecFault::TransposedConvAxes => "transposed-conv-axes",
+            CodecFault::TanhGelu => "tanh-gelu",
+        }
+    }
+}
+
+impl std::fmt::Display for CodecFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Mimi in one library.
+pub trait Codec {
+    /// Library, version, device, dtype (and injected fault) of this codec.
+    fn info(&self) -> BackendInfo;
+    fn config(&self) -> &MimiConfig;
+    /// Decodes code frames `[F][C]` (C ≤ the codec's codebooks, at least the semantic ones)
+    /// in one pass, as transformers' `MimiModel.decode` does.
+    fn decode(&mut self, codes: &[Vec<i32>]) -> Result<Decoded>;
+    /// Encodes mono samples at the codec's rate: latents and codes of every codebook.
+    fn encode(&mut self, wave: &[f32]) -> Result<Encoded>;
+    /// Injects a known codec porting bug (MLX only; the reference refuses).
+    fn inject(&mut self, fault: CodecFault) -> Result<()> {
+        bail!("codec fault injection ({fault}) is only available in the MLX codec")
+    }
+}
+
+/// Checks a decode request against the codec; returns (frames, codebooks, flat sanitized codes,
+/// invalid count).
+pub fn check_codes(
+    cfg: &MimiConfig,
+    codes: &[Vec<i32>],
+) -> Result<(usize, usize, Vec<i32>, usize)> {
+    let f = codes.len();
+    let c = codes.first().map_or(cfg.num_quantizers, Vec::len);
+    if c <= cfg.num_semantic_quantizers.saturating_sub(1) || c > cfg.num_quantizers {
+        bail!(
+            "codec decode: frames of {c} codes; the codec takes {}..={} codebooks",
+            cfg.num_semantic_quantizers,
+            cfg.num_quantizers
+        );
+    }
+    if let Some(i) = codes.iter().position(|r| r.len() != c) {
+        bail!(
+            "codec decode: frame {i} has {} codes, frame 0 has {c}",
+            codes[i].len()
+        );
+    }
+    let flat: Vec<i32> = codes.iter().flatten().copied().collect();
+    let (flat, bad) = crate::model::mimi::sanitize_codes(&flat, cfg.codebook_size);
+    Ok((f, c, flat, bad))
+}
+
+/// Checks an encode request: a non-empty, finite waveform.
+pub fn check_wave(wave: &[f32]) -> Result<()> {
+    if wave.is_empty() {
+        bail!("codec encode: empty waveform");
+    }
+    if let Some(i) = wave.iter().position(|x| !x.is_finite()) {
+        bail!("codec encode: sample {i} is not finite");
+    }
+    Ok(())
+}
+
+/// Loads `model` into the codec of library `kind` computing in `dtype`.
+pub fn load_codec(kind: BackendKind, model: &MimiModel, dtype: DType) -> Result<Box<dyn Codec>> {
+    match kind {
+        #[cfg(feature = "torch")]
+        BackendKind::Torch => Ok(Box::new(super::torch::mimi::TorchMimi::load(model, dtype)?)),
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => Ok(Box::new(super::mlx::mimi::MlxMimi::load(model, dtype)?)),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (model, dtype);
+            bail!(
+                "backend {} is not compiled into this build (cargo feature `{}`)",
+                other.name(),
+                other.name()
+            )
+        }
+    }
+}

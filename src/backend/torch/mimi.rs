@@ -1,0 +1,498 @@
+//! Mimi on libtorch, written out in plain tensor ops as transformers' `MimiModel` computes it
+//! (channels-first `[1, C, L]`): split RVQ → grouped transposed-conv upsample → decoder
+//! transformer → SEANet decoder, and the mirror image for encoding.
+use super::stack::{kind_of, to_tensor};
+use crate::backend::codec::{check_codes, check_wave, Codec, Decoded, Encoded};
+use crate::capture::BackendInfo;
+use crate::model::mimi::{
+    conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
+    ConvSpec, MimiConfig, MimiModel, PadMode, SeanetLayer,
+};
+use crate::model::DType;
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+/// A causal conv (weights `[out, in, k]`).
+struct Conv {
+    w: Tensor,
+    b: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_mode: PadMode,
+}
+
+impl Conv {
+    fn load(m: &MimiModel, spec: &ConvSpec, kind: Kind, bias: bool, pad_mode: PadMode) -> Self {
+        let get =
+            |leaf: &str| to_tensor(m.weights.get(&format!("{}.conv.{leaf}", spec.name)), kind);
+        Conv {
+            w: get("weight"),
+            b: bias.then(|| get("bias")),
+            kernel: (spec.kernel - 1) * spec.dilation + 1,
+            stride: spec.stride,
+            dilation: spec.dilation,
+            pad_mode,
+        }
+    }
+
+    /// x: [1, in, L] → [1, out, ceil(L / stride)].
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let len = x.size()[2] as usize;
+        let (left, right) = conv_padding(len, self.kernel, self.stride, true);
+        let mode = match self.pad_mode {
+            PadMode::Constant => "constant",
+            PadMode::Replicate => "replicate",
+        };
+        let x = x.pad([left as i64, right as i64], mode, None::<f64>);
+        x.conv1d(
+            &self.w,
+            self.b.as_ref(),
+            [self.stride as i64],
+            [0],
+            [self.dilation as i64],
+            1,
+        )
+    }
+}
+
+/// A causal transposed conv (weights `[in, out / groups, k]`), trimmed like transformers.
+struct ConvTranspose {
+    w: Tensor,
+    b: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    trim_right_ratio: f64,
+}
+
+impl ConvTranspose {
+    fn load(
+        m: &MimiModel,
+        name: &str,
+        kind: Kind,
+        bias: bool,
+        stride: usize,
+        groups: usize,
+    ) -> Self {
+        let get = |leaf: &str| to_tensor(m.weights.get(&format!("{name}.conv.{leaf}")), kind);
+        let w = get("weight");
+        ConvTranspose {
+            kernel: w.size()[2] as usize,
+            w,
+            b: bias.then(|| get("bias")),
+            stride,
+            groups,
+            trim_right_ratio: m.config.trim_right_ratio,
+        }
+    }
+
+    /// x: [1, in, L] → [1, out, L · stride].
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.conv_transpose1d(
+            &self.w,
+            self.b.as_ref(),
+            [self.stride as i64],
+            [0],
+            [0],
+            self.groups as i64,
+            [1],
+        );
+        let (left, right) = transpose_trim(self.kernel, self.stride, self.trim_right_ratio, true);
+        let len = y.size()[2];
+        y.narrow(2, left as i64, len - (left + right) as i64)
+    }
+}
+
+enum Layer {
+    Conv { conv: Conv, elu: bool },
+    ConvTranspose(ConvTranspose),
+    Residual(Conv, Conv),
+}
+
+/// A SEANet stack (encoder or decoder).
+struct Seanet {
+    layers: Vec<Layer>,
+}
+
+impl Seanet {
+    fn load(m: &MimiModel, specs: &[SeanetLayer], kind: Kind) -> Self {
+        let pad = m.config.pad_mode;
+        let layers =
+            specs
+                .iter()
+                .map(|s| match s {
+                    SeanetLayer::Conv { conv, elu } => Layer::Conv {
+                        conv: Conv::load(m, conv, kind, true, pad),
+                        elu: *elu,
+                    },
+                    SeanetLayer::ConvTranspose { conv } => Layer::ConvTranspose(
+                        ConvTranspose::load(m, &conv.name, kind, true, conv.stride, 1),
+                    ),
+                    SeanetLayer::Residual { conv1, conv2 } => Layer::Residual(
+                        Conv::load(m, conv1, kind, true, pad),
+                        Conv::load(m, conv2, kind, true, pad),
+                    ),
+                })
+                .collect();
+        Seanet { layers }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = x.shallow_clone();
+        for layer in &self.layers {
+            h = match layer {
+                Layer::Conv { conv, elu } => conv.forward(&if *elu { h.elu() } else { h }),
+                Layer::ConvTranspose(conv) => conv.forward(&h.elu()),
+                Layer::Residual(c1, c2) => &h + c2.forward(&c1.forward(&h.elu()).elu()),
+            };
+        }
+        h
+    }
+}
+
+struct TLayer {
+    norm1: (Tensor, Tensor),
+    norm2: (Tensor, Tensor),
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    fc1: Tensor,
+    fc2: Tensor,
+    attn_scale: Tensor,
+    mlp_scale: Tensor,
+}
+
+/// Mimi's transformer: pre-LayerNorm, causal attention in a sliding window with split-half
+/// RoPE, exact GELU MLP, layer scale on both residual branches, no final norm.
+struct Transformer {
+    layers: Vec<TLayer>,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    eps: f64,
+    window: usize,
+    inv_freq: Tensor,
+}
+
+impl Transformer {
+    fn load(m: &MimiModel, stack: &str, kind: Kind) -> Self {
+        let cfg = &m.config;
+        let get = |i: usize, leaf: &str| {
+            to_tensor(m.weights.get(&format!("{stack}.layers.{i}.{leaf}")), kind)
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| TLayer {
+                norm1: (
+                    get(i, "input_layernorm.weight"),
+                    get(i, "input_layernorm.bias"),
+                ),
+                norm2: (
+                    get(i, "post_attention_layernorm.weight"),
+                    get(i, "post_attention_layernorm.bias"),
+                ),
+                q: get(i, "self_attn.q_proj.weight"),
+                k: get(i, "self_attn.k_proj.weight"),
+                v: get(i, "self_attn.v_proj.weight"),
+                o: get(i, "self_attn.o_proj.weight"),
+                fc1: get(i, "mlp.fc1.weight"),
+                fc2: get(i, "mlp.fc2.weight"),
+                attn_scale: get(i, "self_attn_layer_scale.scale"),
+                mlp_scale: get(i, "mlp_layer_scale.scale"),
+            })
+            .collect();
+        Transformer {
+            layers,
+            heads: cfg.num_attention_heads as i64,
+            kv_heads: cfg.num_key_value_heads as i64,
+            head_dim: cfg.head_dim as i64,
+            eps: cfg.norm_eps,
+            window: cfg.sliding_window,
+            inv_freq: Tensor::from_slice(&cfg.rope_inv_freq()),
+        }
+    }
+
+    /// Split-half RoPE at positions 0..L on x [1, H, L, hd].
+    fn rope(&self, x: &Tensor) -> Tensor {
+        let (_, _, l, hd) = x.size4().unwrap();
+        let pos = Tensor::arange(l, (Kind::Float, Device::Cpu));
+        let angles = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [L, hd/2]
+        let (cos, sin) = (angles.cos(), angles.sin());
+        let xf = x.to_kind(Kind::Float);
+        let (x1, x2) = (xf.narrow(-1, 0, hd / 2), xf.narrow(-1, hd / 2, hd / 2));
+        let out1 = &x1 * &cos - &x2 * &sin;
+        let out2 = &x2 * &cos + &x1 * &sin;
+        Tensor::cat(&[out1, out2], -1).to_kind(x.kind())
+    }
+
+    /// Which keys each query may not see: later ones, and those `window` or more before it.
+    fn attention_mask(&self, l: i64) -> Tensor {
+        let q = Tensor::arange(l, (Kind::Int64, Device::Cpu)).unsqueeze(1);
+        let k = Tensor::arange(l, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let later = k.gt_tensor(&q);
+        let too_old = k.le_tensor(&(q - self.window as i64));
+        later.logical_or(&too_old)
+    }
+
+    /// x: [1, L, D] → [1, L, D].
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (_, l, d) = x.size3().unwrap();
+        let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let mask = self.attention_mask(l);
+        let mut h = x.shallow_clone();
+        for layer in &self.layers {
+            let xn = h.layer_norm(
+                [d],
+                Some(&layer.norm1.0),
+                Some(&layer.norm1.1),
+                self.eps,
+                false,
+            );
+            let split = |w: &Tensor, n: i64| {
+                xn.linear::<Tensor>(w, None)
+                    .view([1, l, n, hd])
+                    .transpose(1, 2)
+            };
+            let q = self.rope(&split(&layer.q, nh));
+            let k = self.rope(&split(&layer.k, nkv));
+            let v = split(&layer.v, nkv);
+            let (k, v) = if nh > nkv {
+                (
+                    k.repeat_interleave_self_int(nh / nkv, 1, None::<i64>),
+                    v.repeat_interleave_self_int(nh / nkv, 1, None::<i64>),
+                )
+            } else {
+                (k, v)
+            };
+            let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
+            let attn = scores
+                .masked_fill(&mask, f64::NEG_INFINITY)
+                .softmax(-1, Kind::Float)
+                .to_kind(h.kind())
+                .matmul(&v)
+                .transpose(1, 2)
+                .reshape([1, l, nh * hd])
+                .linear::<Tensor>(&layer.o, None);
+            h = &h + attn * &layer.attn_scale;
+            let xn = h.layer_norm(
+                [d],
+                Some(&layer.norm2.0),
+                Some(&layer.norm2.1),
+                self.eps,
+                false,
+            );
+            let mlp = xn
+                .linear::<Tensor>(&layer.fc1, None)
+                .gelu("none")
+                .linear::<Tensor>(&layer.fc2, None);
+            h = &h + mlp * &layer.mlp_scale;
+        }
+        h
+    }
+}
+
+/// One RVQ group (semantic or acoustic): codebooks and the 1×1 projections.
+struct Quantizer {
+    /// [n, size, dim]: embed_sum / max(cluster_usage, eps), per codebook.
+    codebooks: Tensor,
+    /// [vq, hidden] and [hidden, vq] (1×1 convs), absent when vq = hidden.
+    input_proj: Option<Tensor>,
+    output_proj: Option<Tensor>,
+    first: usize,
+    count: usize,
+}
+
+impl Quantizer {
+    fn load(m: &MimiModel, group: &str, first: usize, count: usize, kind: Kind) -> Self {
+        let books: Vec<Tensor> = (0..count)
+            .map(|i| to_tensor(&m.weights.codebook(group, i), kind))
+            .collect();
+        let proj = |leaf: &str| {
+            m.config.has_vq_projections().then(|| {
+                to_tensor(
+                    m.weights.get(&format!(
+                        "quantizer.{group}_residual_vector_quantizer.{leaf}.weight"
+                    )),
+                    kind,
+                )
+                .squeeze_dim(2)
+            })
+        };
+        Quantizer {
+            codebooks: Tensor::stack(&books, 0),
+            input_proj: proj("input_proj"),
+            output_proj: proj("output_proj"),
+            first,
+            count,
+        }
+    }
+
+    /// codes: [F, C] int64 (all codebooks) → this group's quantized latents [F, hidden] (None
+    /// when the frames hold none of its codebooks).
+    fn decode(&self, codes: &Tensor) -> Option<Tensor> {
+        let c = codes.size()[1] as usize;
+        let n = c.saturating_sub(self.first).min(self.count);
+        if n == 0 {
+            return None;
+        }
+        let mut sum: Option<Tensor> = None;
+        for i in 0..n {
+            let idx = codes.select(1, (self.first + i) as i64);
+            let q = self.codebooks.get(i as i64).index_select(0, &idx);
+            sum = Some(match sum {
+                None => q,
+                Some(s) => s + q,
+            });
+        }
+        let sum = sum.unwrap();
+        Some(match &self.output_proj {
+            Some(p) => sum.linear::<Tensor>(p, None),
+            None => sum,
+        })
+    }
+
+    /// latents [F, hidden] → codes [F, count] (int64): nearest codebook vector (L2), residual
+    /// by residual.
+    fn encode(&self, latents: &Tensor) -> Tensor {
+        let mut r = match &self.input_proj {
+            Some(p) => latents.linear::<Tensor>(p, None),
+            None => latents.shallow_clone(),
+        };
+        let mut out = Vec::with_capacity(self.count);
+        for i in 0..self.count {
+            let e = self.codebooks.get(i as i64).to_kind(Kind::Float);
+            let rf = r.to_kind(Kind::Float);
+            let e2 = e.square().sum_dim_intlist(1, false, Kind::Float);
+            let dist = e2.unsqueeze(0) - rf.matmul(&e.transpose(0, 1)) * 2.0;
+            let idx = dist.argmin(1, false);
+            r = r - self.codebooks.get(i as i64).index_select(0, &idx);
+            out.push(idx);
+        }
+        Tensor::stack(&out, 1)
+    }
+}
+
+/// Mimi on libtorch.
+pub struct TorchMimi {
+    cfg: MimiConfig,
+    encoder: Seanet,
+    encoder_transformer: Transformer,
+    downsample: Conv,
+    quantizers: [Quantizer; 2],
+    upsample: ConvTranspose,
+    decoder_transformer: Transformer,
+    decoder: Seanet,
+    kind: Kind,
+    dtype: DType,
+}
+
+impl TorchMimi {
+    pub fn load(m: &MimiModel, dtype: DType) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let kind = kind_of(dtype);
+        let cfg = m.config.clone();
+        let k = cfg.resample_kernel();
+        let down = ConvSpec {
+            name: "downsample".into(),
+            in_ch: cfg.hidden_size,
+            out_ch: cfg.hidden_size,
+            kernel: k,
+            stride: 2,
+            dilation: 1,
+        };
+        let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
+        Ok(TorchMimi {
+            encoder: Seanet::load(m, &encoder_layers(&cfg), kind),
+            encoder_transformer: Transformer::load(m, "encoder_transformer", kind),
+            downsample: Conv::load(m, &down, kind, false, PadMode::Replicate),
+            quantizers: [
+                Quantizer::load(m, g0, f0, n0, kind),
+                Quantizer::load(m, g1, f1, n1, kind),
+            ],
+            upsample: ConvTranspose::load(m, "upsample", kind, false, 2, cfg.upsample_groups),
+            decoder_transformer: Transformer::load(m, "decoder_transformer", kind),
+            decoder: Seanet::load(m, &decoder_layers(&cfg), kind),
+            cfg,
+            kind,
+            dtype,
+        })
+    }
+}
+
+impl Codec for TorchMimi {
+    fn info(&self) -> BackendInfo {
+        super::info_of(self.dtype)
+    }
+
+    fn config(&self) -> &MimiConfig {
+        &self.cfg
+    }
+
+    fn decode(&mut self, codes: &[Vec<i32>]) -> Result<Decoded> {
+        let _guard = tch::no_grad_guard();
+        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        if f == 0 {
+            return Ok(Decoded {
+                audio: vec![],
+                invalid_codes,
+            });
+        }
+        let codes = Tensor::from_slice(&flat)
+            .view([f as i64, c as i64])
+            .to_kind(Kind::Int64);
+        let [sem, aco] = &self.quantizers;
+        let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
+        if let Some(a) = aco.decode(&codes) {
+            z = z + a;
+        }
+        let x = self.upsample.forward(&z.transpose(0, 1).unsqueeze(0)); // [1, D, 2F]
+        let x = self
+            .decoder_transformer
+            .forward(&x.transpose(1, 2))
+            .transpose(1, 2);
+        let audio = self.decoder.forward(&x).reshape([-1]).to_kind(Kind::Float);
+        // The one host copy of the audio.
+        Ok(Decoded {
+            audio: Vec::<f32>::try_from(audio)?,
+            invalid_codes,
+        })
+    }
+
+    fn encode(&mut self, wave: &[f32]) -> Result<Encoded> {
+        let _guard = tch::no_grad_guard();
+        check_wave(wave)?;
+        let x = Tensor::from_slice(wave).view([1, 1, -1]).to_kind(self.kind);
+        let x = self.encoder.forward(&x); // [1, D, L]
+        let x = self
+            .encoder_transformer
+            .forward(&x.transpose(1, 2))
+            .transpose(1, 2);
+        let latents = self.downsample.forward(&x).squeeze_dim(0).transpose(0, 1); // [F, D]
+        let codes = Tensor::cat(
+            &[
+                self.quantizers[0].encode(&latents),
+                self.quantizers[1].encode(&latents),
+            ],
+            1,
+        );
+        let (f, d) = latents.size2()?;
+        // One host copy: latents then codes (exact in f32: codes < 2^24).
+        let flat = Tensor::cat(
+            &[
+                latents.to_kind(Kind::Float).reshape([-1]),
+                codes.to_kind(Kind::Float).reshape([-1]),
+            ],
+            0,
+        );
+        let flat = Vec::<f32>::try_from(flat)?;
+        let (lat, codes) = flat.split_at((f * d) as usize);
+        Ok(Encoded {
+            latents: lat.to_vec(),
+            codes: codes
+                .chunks(self.cfg.num_quantizers)
+                .map(|r| r.iter().map(|&x| x as i32).collect())
+                .collect(),
+        })
+    }
+}
