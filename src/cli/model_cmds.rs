@@ -160,7 +160,7 @@ pub fn run_conform(a: ConformArgs) -> Result<i32> {
         if a.json {
             print_json(&report)?;
         } else {
-            print!("{}", report.render());
+            super::common::print_out(&report.render())?;
         }
         return Ok(if report.conforms { 0 } else { 1 });
     }
