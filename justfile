@@ -16,11 +16,12 @@ setup:
 build: setup
     cargo build --release
 
-# The main job on the bundled tiny model: verify, conform, capture both pipelines, diff with an HTML report.
+# The main job on the bundled tiny model: verify, conform (CSM and Mimi), capture both pipelines with audio, diff with an HTML report (players, spectrograms).
 demo: build
     ./target/release/csm-parity verify --frames 16
     if [ -d ../shared/conformance/csm-tiny-transformers ]; then ./target/release/csm-parity conform ../shared/conformance/csm-tiny-transformers; fi
-    ./target/release/csm-parity capture --text "Hello from csm-parity." --max-frames 32 --out runs/demo
+    if [ -d ../shared/conformance/mimi-tiny-transformers ]; then ./target/release/csm-parity conform ../shared/conformance/mimi-tiny-transformers; fi
+    ./target/release/csm-parity capture --text "Hello from csm-parity." --max-frames 32 --out runs/demo --force
     ./target/release/csm-parity diff runs/demo --report runs/demo/report
     @echo "open runs/demo/report/index.html"
 

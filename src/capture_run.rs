@@ -8,7 +8,7 @@ use crate::capture::{
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -191,6 +191,55 @@ pub struct CaptureOptions {
     pub inject: Option<Fault>,
     /// Replace existing complete runs in `out` (only once the new ones are complete).
     pub force: bool,
+    /// Whether and with which codec each CSM pipeline turns its frames into sound.
+    pub audio: AudioSetting,
+}
+
+/// Audio of a CSM capture: each pipeline decodes its post-processed frames with its own
+/// library's Mimi codec into `audio.wav` / `audio.npy`; every candidate run also gets
+/// `audio_cross.npy`, its frames decoded with the reference's codec (docs/codec.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AudioSetting {
+    /// No audio (`--no-audio`; Llama models have none).
+    #[default]
+    Off,
+    /// The codec the model brings (`MODEL/codec/`, or `codec_model.*` of a transformers CSM
+    /// checkpoint); an error when it brings none.
+    Auto,
+    /// This codec directory (`--codec DIR`).
+    Codec(PathBuf),
+}
+
+impl AudioSetting {
+    /// The codec directory to use for `model`, checked before anything is loaded.
+    fn codec_dir(&self, model: ModelRef) -> Result<Option<PathBuf>> {
+        let m = match (self, model) {
+            (AudioSetting::Off, _) => return Ok(None),
+            (AudioSetting::Codec(_), ModelRef::Llama(_)) => {
+                bail!("--codec applies to CSM models (a Llama model has no audio)")
+            }
+            (AudioSetting::Auto, ModelRef::Llama(_)) => return Ok(None),
+            (_, ModelRef::Csm(m)) => m,
+        };
+        let dir = match self {
+            AudioSetting::Codec(d) => {
+                if !d.join("config.json").is_file() {
+                    bail!(
+                        "--codec {}: no config.json (expected a Mimi codec directory, e.g. kyutai/mimi, or a transformers CSM checkpoint)",
+                        d.display()
+                    );
+                }
+                d.clone()
+            }
+            _ => crate::model::mimi::MimiModel::codec_dir_of(&m.dir).with_context(|| {
+                format!(
+                    "{}: the model brings no codec (no codec/ folder; not a transformers CSM checkpoint with codec_model.*); pass --codec DIR (a kyutai/mimi directory) or --no-audio",
+                    m.dir.display()
+                )
+            })?,
+        };
+        Ok(Some(dir))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,6 +321,8 @@ struct Track<'b> {
     load_ms: f64,
     post: PostProcess,
     nonfinite: NonFinite,
+    /// Post-processed tokens of every frame (what the codec decodes).
+    posted: Vec<Vec<i32>>,
 }
 
 /// Steps whose recorded logits / probs hold NaN or ±Inf.
@@ -317,8 +368,10 @@ impl Track<'_> {
         vocab: usize,
     ) -> Result<()> {
         self.nonfinite.see(self.sampled.len(), &out);
+        let post_tokens = self.post.apply(&out.sampled);
+        self.posted.push(post_tokens.clone());
         let rec = FrameRecord {
-            post_tokens: self.post.apply(&out.sampled),
+            post_tokens,
             tokens: out.sampled.clone(),
             logits: out.logits,
             probs: out.probs,
@@ -412,6 +465,7 @@ fn preflight(model: ModelRef, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames
     for &kind in &opts.backends {
         RunWriter::check_target(&run_dir(&opts.out, kind), opts.force)?;
     }
+    opts.audio.codec_dir(model)?;
     Ok((ids, prompt))
 }
 
@@ -454,6 +508,15 @@ pub fn capture_with(
         crate::outputs::DirLock::acquire(&opts.out, crate::outputs::OutputKind::Capture, "--out")?;
     let (c, v) = (model.codebooks(), model.vocab());
     let single = opts.backends.len() == 1;
+    // The codec is validated (every tensor, the codebook count) before anything is written.
+    let codec = match opts.audio.codec_dir(model)? {
+        Some(dir) => {
+            let mimi = crate::model::mimi::MimiModel::load(&dir)?;
+            mimi.check_codebooks(c)?;
+            Some(mimi)
+        }
+        None => None,
+    };
     let mut tracks = Vec::new();
     for lb in loaded.iter_mut() {
         let kind = lb.kind;
@@ -492,6 +555,7 @@ pub fn capture_with(
             load_ms,
             post,
             nonfinite: NonFinite::default(),
+            posted: vec![],
         });
     }
     for t in tracks.iter_mut() {
@@ -598,6 +662,9 @@ pub fn capture_with(
     };
     let tokens_equal = (tracks.len() >= 2)
         .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
+    if let Some(mimi) = &codec {
+        write_audio(mimi, &mut tracks)?;
+    }
     for mut t in tracks {
         let frames = t.sampled.len();
         let stop = t.stop.unwrap_or(model.limit_reason());
@@ -654,6 +721,52 @@ pub fn capture_with(
         first_token_mismatch: first_mismatch,
         tokens_equal,
     })
+}
+
+/// Decodes every track's post-processed frames (the end-of-stream frame is not audio) with its
+/// own library's codec, and every other track's frames with the reference's (first) codec too.
+fn write_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> Result<()> {
+    use crate::backend::codec::load_codec;
+    use crate::capture::audio::CodecInfo;
+    let rate = mimi.config.sampling_rate as u32;
+    let frames_of = |t: &Track| -> Vec<Vec<i32>> {
+        let n = t.posted.len() - usize::from(t.stop == Some("eos"));
+        t.posted[..n].to_vec()
+    };
+    let info = |c: &dyn crate::backend::codec::Codec| CodecInfo {
+        name: "mimi".into(),
+        path: mimi.dir.display().to_string(),
+        sha256: mimi.weights.sha256.clone(),
+        library: c.info().library_version,
+    };
+    let mut reference: Option<(Box<dyn crate::backend::codec::Codec>, CodecInfo)> = None;
+    for t in tracks.iter_mut() {
+        let frames = frames_of(t);
+        if frames.is_empty() {
+            t.writer
+                .warn("no audio: the first frame ended the stream (nothing to decode)".into());
+            continue;
+        }
+        let mut codec = load_codec(t.kind, mimi, DType::F32)?;
+        let d = codec.decode(&frames)?;
+        let ci = info(codec.as_ref());
+        t.writer
+            .write_audio(&d.audio, rate, ci.clone(), d.invalid_codes, frames.len())?;
+        if d.invalid_codes > 0 {
+            t.writer.warn(format!(
+                "{} tokens outside the codec's codebooks (≥ {}) were decoded as code 0",
+                d.invalid_codes, mimi.config.codebook_size
+            ));
+        }
+        match &mut reference {
+            None => reference = Some((codec, ci)),
+            Some((rc, rci)) => {
+                let x = rc.decode(&frames)?;
+                t.writer.write_audio_cross(&x.audio, rate, rci.clone())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The run directory of `kind` under `--out`: always `DIR/<backend>/`.

@@ -37,6 +37,8 @@ pub struct OutsideJob {
     /// The job's run directories (reference, candidate), kept when the gate fails.
     pub reference_run: String,
     pub candidate_run: String,
+    /// NaN/Inf logits or probs either run recorded (the gate's `finite_outputs` check).
+    pub nonfinite: Vec<String>,
 }
 
 impl OutsideJob {
@@ -130,6 +132,7 @@ pub fn run_outside_gate(
     }
     let model_args = ModelArgs {
         model: cfg.model.clone(),
+        tokenizer: None,
         dtype: cfg.run.dtype.parse()?,
     };
     let loaded = model_args.load_any(ModelKindChoice::Auto, None)?;
@@ -289,6 +292,14 @@ fn measured_of(cfg: &GateConfig, jobs: &[OutsideJob]) -> Measured {
                 )
             })
             .collect(),
+        nonfinite: jobs
+            .iter()
+            .flat_map(|j| {
+                j.nonfinite
+                    .iter()
+                    .map(move |w| format!("text {} seed {}: {w}", j.text_index, j.seed))
+            })
+            .collect(),
     }
 }
 
@@ -322,6 +333,8 @@ fn run_job(
         out: dir.join("reference"),
         progress: false,
         inject: None,
+        force: false,
+        audio: Default::default(),
     };
     capture_with(model, &opts, backends)?;
     let reference_dir = crate::capture_run::run_dir(&opts.out, BackendKind::Torch);
@@ -416,6 +429,7 @@ fn run_job(
         max_logit_diff: d.overall.logits.as_ref().map(|l| l.max_abs.max),
         reference_run: a_dir.display().to_string(),
         candidate_run: cand_dir.display().to_string(),
+        nonfinite: d.nonfinite.describe(),
     })
 }
 

@@ -85,6 +85,7 @@ fn capture_case(
         progress: false,
         inject: fault,
         force: false,
+            audio: Default::default(),
     };
     capture_model(model, &opts)?;
     Ok(())
@@ -316,6 +317,8 @@ mod tests {
             verdict: String::new(),
             headline: String::new(),
             headline_value: 0.0,
+            located: None,
+            expected_location: None,
             triggered,
             pass: detected,
         }

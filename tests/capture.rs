@@ -36,6 +36,7 @@ fn opts(
         progress: false,
         inject: None,
         force: false,
+            audio: Default::default(),
     }
 }
 

@@ -119,6 +119,7 @@ fn opts(out: &Path, text: &str, seed: u64, sampler: SamplerSpec, mode: Mode) -> 
         progress: false,
         inject: None,
         force: false,
+            audio: Default::default(),
     }
 }
 

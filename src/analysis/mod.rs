@@ -285,6 +285,22 @@ pub struct NonFinite {
     pub b: NonFiniteCounts,
 }
 
+impl NonFinite {
+    /// One line per run and array that holds NaN/Inf (`B: non-finite logits in 3 steps`);
+    /// empty when every recorded value is finite.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (run, c) in [("A", &self.a), ("B", &self.b)] {
+            for (what, n) in [("logits", c.logits_steps), ("probs", c.probs_steps)] {
+                if n > 0 {
+                    out.push(format!("{run}: non-finite {what} in {n} steps"));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The entry with the largest |Δlogit| over the compared steps.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LargestError {

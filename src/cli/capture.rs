@@ -73,6 +73,13 @@ pub struct CaptureArgs {
     /// Inject a known MLX-port bug into the MLX pipeline (see `csm-parity selftest`).
     #[arg(long, value_name = "FAULT")]
     pub inject: Option<crate::faults::Fault>,
+    /// CSM: skip decoding the frames into audio (audio.wav / audio.npy in each run).
+    #[arg(long, conflicts_with = "codec")]
+    pub no_audio: bool,
+    /// CSM: the Mimi codec to decode with (a kyutai/mimi directory or a transformers CSM
+    /// checkpoint); default: the one the model brings (MODEL/codec/ or codec_model.*).
+    #[arg(long, value_name = "DIR")]
+    pub codec: Option<PathBuf>,
     /// Replace existing runs in --out (only runs written by csm-parity, and only once the new
     /// runs are complete); without it an existing run is refused.
     #[arg(long)]
@@ -117,6 +124,11 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         progress: !a.json,
         inject: a.inject,
         force: a.force,
+        audio: match (a.no_audio, a.codec) {
+            (true, _) => crate::capture_run::AudioSetting::Off,
+            (false, Some(d)) => crate::capture_run::AudioSetting::Codec(d),
+            (false, None) => crate::capture_run::AudioSetting::Auto,
+        },
     };
     let summary = capture_model(model, &opts)?;
     if a.json {

@@ -63,6 +63,7 @@ pub fn run(a: RescoreArgs) -> Result<i32> {
     };
     let model_args = ModelArgs {
         model: a.model.clone().or_else(|| model_dir_of(&run)),
+        tokenizer: None,
         dtype: a.dtype,
     };
     let loaded = model_args.load_any(kind, a.adapter.as_deref())?;

@@ -306,6 +306,7 @@ pub fn run_job(
             inject: None,
             chat: false,
             force: false,
+            audio: Default::default(),
         })
     };
     // Metrics only: no bootstrap inside the per-job diffs (the sweep bootstraps over jobs).
@@ -346,7 +347,11 @@ pub fn run_job(
             divergence: ds.divergence.point.map(|p| [p.frame, p.codebook]),
             divergence_stage: ds.divergence.stage.map(|s| s.name().to_string()),
             max_logit_diff: ds.overall.logits.as_ref().map(|l| l.max_abs.max),
-            nonfinite,
+            nonfinite: {
+                let mut n = nonfinite;
+                n.extend(ds.nonfinite.describe().into_iter().map(|w| format!("shared noise: {w}")));
+                n
+            },
         },
         native: NativeMetrics {
             hist_intersection: fin(t.hist_intersection),
@@ -1114,6 +1119,7 @@ mod tests {
                         divergence: None,
                         divergence_stage: None,
                         max_logit_diff: None,
+                        nonfinite: vec![],
                     },
                     native: NativeMetrics {
                         hist_intersection: Some(0.5),
