@@ -135,6 +135,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Per-frame µs, backbone positions per frame, first token mismatch.
+type LoopOut = (Vec<f64>, Vec<u32>, Option<[usize; 2]>);
+
 /// Re-scores `run` with `backend` (already loaded from `model`). Writes `opts.out`.
 pub fn rescore(
     model: ModelRef,
@@ -189,7 +192,7 @@ pub fn rescore(
         logits: opts.logits != Storage::None,
         probs: opts.probs != Storage::None,
     };
-    let result = (|| -> Result<(Vec<f64>, Vec<u32>, Option<[usize; 2]>)> {
+    let result = (|| -> Result<LoopOut> {
         backend.reset(sampler.seed)?;
         let fed = run.fed_tokens();
         let mut input = prompt;

@@ -522,9 +522,7 @@ fn schema_defaults_and_required_fields_match_the_parser() {
                     *checked += 1;
                 }
             } else if let Some(d) = sub.get("default") {
-                let got = p
-                    .iter()
-                    .fold(Some(parsed), |n, seg| n.and_then(|n| n.get(seg)));
+                let got = p.iter().try_fold(parsed, |n, seg| n.get(seg));
                 // Serialization skips None/empty optional fields: absent means null / [] / {}.
                 let got = got.cloned().unwrap_or(Value::Null);
                 let same = got == *d
