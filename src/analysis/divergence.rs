@@ -36,6 +36,9 @@ pub enum Stage {
     Unknown,
     /// The numbers agree but the cost of a step grows with position (no KV cache).
     Performance,
+    /// The post-processed tokens agree but the decoded audio departs beyond the codec
+    /// tolerance: the codec (Mimi port) computes something else.
+    Codec,
 }
 
 impl Stage {
@@ -48,6 +51,7 @@ impl Stage {
             Stage::PostProcessing => "post-processing",
             Stage::Unknown => "unknown",
             Stage::Performance => "performance",
+            Stage::Codec => "codec",
         }
     }
 }
@@ -155,6 +159,10 @@ pub fn explain(
             .into(),
         Stage::Performance => "the numbers agree but the cost of a step grows with the position: \
                                the sequence is recomputed every step (no KV cache)"
+            .into(),
+        Stage::Codec => "the tokens the codecs decoded are identical but the audio departs beyond \
+                         the codec tolerance: the codec port differs (padding, sliding window, \
+                         transposed-conv weights, GELU, RoPE in its transformer)"
             .into(),
     }
 }

@@ -917,6 +917,30 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         },
         _ => verdict,
     };
+    // The sound: identical tokens and audio beyond the codec tolerance is stage codec.
+    let audio = audio::compare(a, b, &opt.audio)?;
+    let verdict = match (&verdict.kind[..], &audio) {
+        ("identical" | "numerically-close" | "tokens-identical", Some(au))
+            if au.stage == Some(audio::AudioStage::Codec) =>
+        {
+            let dep = au.metrics.first_departure.as_ref();
+            Verdict {
+                kind: "diverged".into(),
+                line: format!(
+                    "DIVERGED in stage codec{} — tokens identical, audio max |Δ| {:.3e} beyond the codec tolerance",
+                    dep.map(|d| format!(" at {:.3} s (frame {})", d.time_s, d.frame))
+                        .unwrap_or_default(),
+                    au.metrics.max_abs_diff
+                ),
+                point: dep.map(|d| Step {
+                    frame: d.frame,
+                    codebook: 0,
+                }),
+                stage: Some(Stage::Codec),
+            }
+        }
+        _ => verdict,
+    };
     // Peer metrics that need one more look at a single frame.
     let largest_logit_error = match logits_pair {
         Some((la, lb)) => {
@@ -1051,7 +1075,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         divergence_top,
         performance,
         warnings,
-        audio: audio::compare(a, b, &opt.audio)?,
+        audio,
         bytes_read,
         steps,
     })
