@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what csm-parity's native backends need, into the git-ignored .deps/ folder.
 # Idempotent: every step checks a marker first, so a second run takes about a second.
-#   .deps/py/         pip --target prefix: mlx 0.32.2 + mlx-cpu 0.32.2 (libmlx.so), numpy (tests)
+#   .deps/py/         pip --target prefix: mlx 0.32.2 + mlx-cpu 0.32.2 (libmlx.so), numpy and
+#                     jsonschema (tests: the Python helper, the manifest schema)
 #   .deps/libtorch/   curated CPU-only libtorch 2.13.0 taken from the PyPI torch wheel
 # On macOS: pip's mlx is not needed (mlx-rs builds MLX with Metal) and pip's torch is used via
 # LIBTORCH_USE_PYTORCH=1 (see README).
@@ -39,14 +40,15 @@ if [ "$(uname -s)" = Linux ]; then
 fi
 
 # 2. MLX wheels (Linux) and numpy, in a project-local prefix.
-if [ ! -f "$DEPS/py/.done-$MLX_VERSION" ]; then
-  log "installing mlx==$MLX_VERSION, mlx-cpu==$MLX_VERSION and numpy into .deps/py"
+PY_SET=2  # bump when the list below changes
+if [ ! -f "$DEPS/py/.done-$MLX_VERSION-$PY_SET" ]; then
+  log "installing mlx==$MLX_VERSION, mlx-cpu==$MLX_VERSION, numpy and jsonschema into .deps/py"
   rm -rf "$DEPS/py"
-  pkgs=(numpy)
+  pkgs=(numpy jsonschema)
   [ "$(uname -s)" = Linux ] && pkgs+=("mlx==$MLX_VERSION" "mlx-cpu==$MLX_VERSION")
   "$PY" -m pip install -q --disable-pip-version-check --no-warn-script-location \
     --target "$DEPS/py" "${pkgs[@]}"
-  touch "$DEPS/py/.done-$MLX_VERSION"
+  touch "$DEPS/py/.done-$MLX_VERSION-$PY_SET"
 fi
 
 # 3. libtorch: CPU-only, curated from the torch wheel (see shared recipe tch-linux.md).

@@ -193,6 +193,8 @@ pub struct CaptureOptions {
     pub force: bool,
     /// Whether and with which codec each CSM pipeline turns its frames into sound.
     pub audio: AudioSetting,
+    /// A known codec porting bug injected into the MLX codec (never the reference's).
+    pub codec_fault: Option<crate::backend::codec::CodecFault>,
 }
 
 /// Audio of a CSM capture: each pipeline decodes its post-processed frames with its own
@@ -663,7 +665,9 @@ pub fn capture_with(
     let tokens_equal = (tracks.len() >= 2)
         .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
     if let Some(mimi) = &codec {
-        write_audio(mimi, &mut tracks)?;
+        write_audio(mimi, &mut tracks, opts.codec_fault)?;
+    } else if let Some(f) = opts.codec_fault {
+        bail!("--inject-codec {f}: needs audio (a CSM model with a codec; not --no-audio)");
     }
     for mut t in tracks {
         let frames = t.sampled.len();
@@ -725,7 +729,11 @@ pub fn capture_with(
 
 /// Decodes every track's post-processed frames (the end-of-stream frame is not audio) with its
 /// own library's codec, and every other track's frames with the reference's (first) codec too.
-fn write_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> Result<()> {
+fn write_audio(
+    mimi: &crate::model::mimi::MimiModel,
+    tracks: &mut [Track],
+    fault: Option<crate::backend::codec::CodecFault>,
+) -> Result<()> {
     use crate::backend::codec::load_codec;
     use crate::capture::audio::CodecInfo;
     let rate = mimi.config.sampling_rate as u32;
@@ -748,6 +756,10 @@ fn write_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> Re
             continue;
         }
         let mut codec = load_codec(t.kind, mimi, DType::F32)?;
+        // The reference's (first) codec stays clean: it also cross-decodes.
+        if let (Some(f), true) = (fault, reference.is_some()) {
+            codec.inject(f)?;
+        }
         let d = codec.decode(&frames)?;
         let ci = info(codec.as_ref());
         t.writer

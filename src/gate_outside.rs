@@ -335,6 +335,7 @@ fn run_job(
         inject: None,
         force: false,
         audio: Default::default(),
+        codec_fault: None,
     };
     capture_with(model, &opts, backends)?;
     let reference_dir = crate::capture_run::run_dir(&opts.out, BackendKind::Torch);

@@ -2,6 +2,7 @@
 //! torch reference on the tiny fixture, diff, and check the harness's verdict: detected, in the
 //! right stage — and no false alarm on the clean pair or on a run diffed with itself.
 use crate::analysis::{self, DiffOptions};
+use crate::backend::codec::CodecFault;
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
 use crate::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
@@ -59,12 +60,27 @@ pub struct SelftestOptions {
     pub faults: Vec<Fault>,
     /// Keep each case's runs (and a report of each) here.
     pub out: std::path::PathBuf,
+    /// Also decode audio and inject each codec fault (CSM models that bring a codec).
+    pub codec: bool,
 }
 
 fn capture_case(
     model: ModelRef,
     o: &SelftestOptions,
     fault: Option<Fault>,
+    mode: Mode,
+    out: &Path,
+) -> Result<()> {
+    capture_case_audio(model, o, fault, None, false, mode, out)
+}
+
+/// [`capture_case`] with audio (the model's own codec), optionally a codec fault in MLX's.
+fn capture_case_audio(
+    model: ModelRef,
+    o: &SelftestOptions,
+    fault: Option<Fault>,
+    codec_fault: Option<CodecFault>,
+    audio: bool,
     mode: Mode,
     out: &Path,
 ) -> Result<()> {
@@ -85,7 +101,12 @@ fn capture_case(
         progress: false,
         inject: fault,
         force: false,
-            audio: Default::default(),
+        audio: if audio {
+            crate::capture_run::AudioSetting::Auto
+        } else {
+            crate::capture_run::AudioSetting::Off
+        },
+        codec_fault,
     };
     capture_model(model, &opts)?;
     Ok(())
@@ -140,12 +161,24 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
         ..DiffOptions::default()
     };
     let mut rows = Vec::new();
+    // CSM models that bring a codec are also tested at the audio stage.
+    let with_codec = o.codec
+        && matches!(model, ModelRef::Csm(m) if crate::model::mimi::MimiModel::codec_dir_of(&m.dir).is_some());
     let mut cases: Vec<Option<Fault>> = vec![None];
     cases.extend(o.faults.iter().copied().map(Some));
     for fault in cases {
         let name = fault.map_or("clean".to_string(), |f| f.name().to_string());
         let dir = o.out.join(&name);
-        capture_case(model, o, fault, Mode::Independent, &dir)?;
+        // The clean pair also decodes its audio (when the model brings a codec): no codec alarm.
+        capture_case_audio(
+            model,
+            o,
+            fault,
+            None,
+            fault.is_none() && with_codec,
+            Mode::Independent,
+            &dir,
+        )?;
         let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
         let d = analysis::compare(&a, &b, &opt)?;
         // After a token mismatch only teacher forcing keeps every step comparable.
@@ -192,6 +225,18 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
             r.pass &= ok;
         }
         rows.push(r);
+    }
+    // The sound: each known codec porting bug in the MLX codec is located in stage codec.
+    if with_codec {
+        for cf in CodecFault::ALL {
+            let name = format!("codec-{}", cf.name());
+            let dir = o.out.join(&name);
+            capture_case_audio(model, o, None, Some(cf), true, Mode::Independent, &dir)?;
+            let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
+            let d = analysis::compare(&a, &b, &opt)?;
+            crate::report::write_report_dir(&d, &dir.join("report"))?;
+            rows.push(row(name, "codec", &d, None));
+        }
     }
     // A backend against itself: the clean reference run diffed with itself.
     let clean = Run::open(&o.out.join("clean").join("torch"))?;

@@ -602,8 +602,11 @@ fn diff_reports_a_codec_glitch_with_identical_tokens() {
     let v = serde_json::to_value(&d).unwrap();
     assert_eq!(v["audio"]["stage"], "codec");
     assert_eq!(v["audio"]["metrics"]["first_departure"]["sample"], 12_000);
-    // The token verdict is untouched (the lead wires the stage into it).
-    assert_eq!(d.verdict.kind, "identical");
+    // Identical tokens, audio beyond the codec tolerance: the verdict is stage codec at the
+    // departure frame.
+    assert_eq!(d.verdict.kind, "diverged");
+    assert_eq!(d.verdict.stage.map(|s| s.name()), Some("codec"));
+    assert_eq!(d.verdict.point.map(|p| p.frame), Some(6));
     insta::assert_json_snapshot!("glitch_audio_json", audio_json(&d, tmp.path()));
     let line = csm_parity::report::audio::terminal_line(c);
     insta::assert_snapshot!("glitch_audio_terminal", line);

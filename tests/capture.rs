@@ -36,7 +36,8 @@ fn opts(
         progress: false,
         inject: None,
         force: false,
-            audio: Default::default(),
+        audio: Default::default(),
+        codec_fault: None,
     }
 }
 

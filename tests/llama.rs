@@ -119,7 +119,8 @@ fn opts(out: &Path, text: &str, seed: u64, sampler: SamplerSpec, mode: Mode) -> 
         progress: false,
         inject: None,
         force: false,
-            audio: Default::default(),
+        audio: Default::default(),
+        codec_fault: None,
     }
 }
 
@@ -389,6 +390,7 @@ fn selftest_on_the_llama_path_gives_the_expected_verdicts() {
             Fault::NoRopeScaling,
         ],
         out: tmp.path().to_path_buf(),
+        codec: false,
     };
     let r = selftest_model(ModelRef::Llama(&model), &o).unwrap();
     let table = r.render();

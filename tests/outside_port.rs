@@ -357,7 +357,7 @@ fn manifest_cases() -> Vec<(String, Value)> {
         ),
         (
             "unknown extra field",
-            Box::new(|v| v["audio"] = json!({"codec": "mimi"})),
+            Box::new(|v| v["my_port_notes"] = json!({"codec": "mimi"})),
         ),
         (
             "timings partial",

@@ -16,6 +16,7 @@ fn every_fault_gets_its_expected_verdict() {
         text: "hi".into(),
         faults: Fault::ALL.to_vec(),
         out: tmp.path().to_path_buf(),
+        codec: true,
     };
     let r = selftest(&model, &o).unwrap();
     let table = r.render();
@@ -32,6 +33,13 @@ fn every_fault_gets_its_expected_verdict() {
     }
     assert_eq!(get("self").headline_value, 0.0);
     assert!(get("clean").headline_value < 1e-4, "{table}");
+    // The sound: every codec fault in the MLX codec is stage codec; the clean pair (which
+    // decoded its audio too) raised no alarm above.
+    for cf in csm_parity::backend::codec::CodecFault::ALL {
+        let row = get(&format!("codec-{}", cf.name()));
+        assert_eq!(row.stage, "codec", "{}\n{table}", cf.name());
+        assert!(row.pass, "{}\n{table}", cf.name());
+    }
     // Each fault in its stage, at the place it first acts.
     for f in Fault::ALL {
         let row = get(f.name());

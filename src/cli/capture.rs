@@ -80,6 +80,9 @@ pub struct CaptureArgs {
     /// checkpoint); default: the one the model brings (MODEL/codec/ or codec_model.*).
     #[arg(long, value_name = "DIR")]
     pub codec: Option<PathBuf>,
+    /// CSM: inject a known codec porting bug into the MLX pipeline's codec (see `selftest`).
+    #[arg(long, value_name = "FAULT", value_enum)]
+    pub inject_codec: Option<crate::backend::codec::CodecFault>,
     /// Replace existing runs in --out (only runs written by csm-parity, and only once the new
     /// runs are complete); without it an existing run is refused.
     #[arg(long)]
@@ -124,6 +127,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         progress: !a.json,
         inject: a.inject,
         force: a.force,
+        codec_fault: a.inject_codec,
         audio: match (a.no_audio, a.codec) {
             (true, _) => crate::capture_run::AudioSetting::Off,
             (false, Some(d)) => crate::capture_run::AudioSetting::Codec(d),

@@ -209,6 +209,8 @@ pub struct SelftestArgs {
 pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
     let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
     let model = loaded.as_ref();
+    // The full run (no --fault) also proves the audio stage with the codec faults.
+    let codec = a.faults.is_empty();
     let faults = if a.faults.is_empty() {
         crate::selftest::applicable_faults(model)
     } else {
@@ -223,6 +225,7 @@ pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
         text: a.text,
         faults,
         out: a.out,
+        codec,
     };
     let report = crate::selftest::selftest_model(model, &o)?;
     if a.json {

@@ -307,6 +307,7 @@ pub fn run_job(
             chat: false,
             force: false,
             audio: Default::default(),
+            codec_fault: None,
         })
     };
     // Metrics only: no bootstrap inside the per-job diffs (the sweep bootstraps over jobs).
@@ -349,7 +350,12 @@ pub fn run_job(
             max_logit_diff: ds.overall.logits.as_ref().map(|l| l.max_abs.max),
             nonfinite: {
                 let mut n = nonfinite;
-                n.extend(ds.nonfinite.describe().into_iter().map(|w| format!("shared noise: {w}")));
+                n.extend(
+                    ds.nonfinite
+                        .describe()
+                        .into_iter()
+                        .map(|w| format!("shared noise: {w}")),
+                );
                 n
             },
         },
