@@ -366,7 +366,8 @@ impl Quantizer {
             let e2 = e.square().sum_dim_intlist(1, false, Kind::Float);
             let dist = e2.unsqueeze(0) - rf.matmul(&e.transpose(0, 1)) * 2.0;
             let idx = dist.argmin(1, false);
-            r = r - self.codebooks.get(i as i64).index_select(0, &idx);
+            // A new tensor, not `-=`: r starts as a shallow clone of the latents.
+            r = std::ops::Sub::sub(r, self.codebooks.get(i as i64).index_select(0, &idx));
             out.push(idx);
         }
         Tensor::stack(&out, 1)
@@ -444,7 +445,7 @@ impl Codec for TorchMimi {
         let [sem, aco] = &self.quantizers;
         let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
         if let Some(a) = aco.decode(&codes) {
-            z = z + a;
+            z = std::ops::Add::add(z, a);
         }
         let x = self.upsample.forward(&z.transpose(0, 1).unsqueeze(0)); // [1, D, 2F]
         let x = self
