@@ -12,7 +12,7 @@ use crate::sampling::SamplerSpec;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What to bisect.
 #[derive(Debug, Clone, Default)]
@@ -503,9 +503,4 @@ impl BisectReport {
         }
         s
     }
-}
-
-/// `bisect DIR` (a capture directory) or `bisect A B`.
-pub fn resolve(a: &Path, b: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
-    crate::cli::diff::resolve(a, b)
 }
