@@ -54,6 +54,10 @@ bench: setup
     cargo bench --no-default-features --bench diff
     cargo bench --bench sweep
 
+# Real-size run on this machine (not in CI; ~10 min on 2 cores): a random CSM-1B-shaped checkpoint (made once in target/bench-full/), capture f32 and bf16, verify, sweep --jobs 2, gate; ms/frame vs the bandwidth floor, load times, peak RSS vs the memory bound.
+bench-full: setup
+    cargo bench --profile dev --bench full
+
 # Remove build outputs (keeps .deps/).
 clean:
     cargo clean

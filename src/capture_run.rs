@@ -278,6 +278,15 @@ pub struct CaptureSummary {
     pub first_token_mismatch: Option<[usize; 2]>,
     /// Sampled tokens of the first two runs agree at every common step.
     pub tokens_equal: Option<bool>,
+    /// Reading and validating the checkpoint (before any backend loads), ms; set by `capture`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_load_ms: Option<f64>,
+    /// Peak resident memory of the process (Linux), bytes; set by `capture` at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Notes about this machine (e.g. a compute dtype that is much slower than f32 here).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A backend loaded once and reused by several captures ([`capture_with`]): the sweep and the
@@ -479,10 +488,18 @@ pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary
 
 /// Runs the capture of either model kind; returns the summary.
 pub fn capture_model(model: ModelRef, opts: &CaptureOptions) -> Result<CaptureSummary> {
+    // One writer per output directory at a time: the lock is taken before the output is
+    // checked (a concurrent capture's half-made `.partial` is never mistaken for a stranger's
+    // folder) and held until the capture returns.
+    let lock = lock_out(opts)?;
     // Every input and output is checked before the weights go into a library.
     preflight(model, opts)?;
     let mut loaded = load_backends(model, &opts.backends, opts.dtype)?;
-    capture_with(model, opts, &mut loaded)
+    capture_locked(model, opts, &mut loaded, lock)
+}
+
+fn lock_out(opts: &CaptureOptions) -> Result<crate::outputs::DirLock> {
+    crate::outputs::DirLock::acquire(&opts.out, crate::outputs::OutputKind::Capture, "--out")
 }
 
 /// [`capture`] with backends already loaded (`loaded` must hold `opts.backends`, in that
@@ -504,10 +521,18 @@ pub fn capture_with(
             opts.backends
         );
     }
+    let lock = lock_out(opts)?;
+    capture_locked(model, opts, loaded, lock)
+}
+
+/// [`capture_with`] once the output directory is locked (the lock is held until the return).
+fn capture_locked(
+    model: ModelRef,
+    opts: &CaptureOptions,
+    loaded: &mut [LoadedBackend],
+    _lock: crate::outputs::DirLock,
+) -> Result<CaptureSummary> {
     let (ids, prompt) = preflight(model, opts)?;
-    // One writer per output directory at a time; the lock holds until the capture returns.
-    let _lock =
-        crate::outputs::DirLock::acquire(&opts.out, crate::outputs::OutputKind::Capture, "--out")?;
     let (c, v) = (model.codebooks(), model.vocab());
     let single = opts.backends.len() == 1;
     // The codec is validated (every tensor, the codebook count) before anything is written.
@@ -724,6 +749,9 @@ pub fn capture_with(
         runs,
         first_token_mismatch: first_mismatch,
         tokens_equal,
+        model_load_ms: None,
+        peak_rss_bytes: None,
+        notes: Vec::new(),
     })
 }
 
@@ -845,6 +873,9 @@ impl CaptureSummary {
             if let Some(text) = &r.output_text {
                 let _ = writeln!(s, "  {:<6} text: {text:?}", r.backend);
             }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "  note: {n}");
         }
         s
     }

@@ -19,6 +19,9 @@ use std::time::Instant;
 pub struct GateConfig {
     /// Model directory (relative paths: to the current directory). Default: the tiny fixture.
     pub model: Option<PathBuf>,
+    /// The tokenizer.json to use (default: MODEL/tokenizer.json), for checkpoints that keep it
+    /// elsewhere (Sesame's CSM-1B release ships none).
+    pub tokenizer: Option<PathBuf>,
     pub run: RunConfig,
     pub thresholds: Thresholds,
     #[serde(default)]
@@ -341,7 +344,21 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
         }
         None => fixture::ensure_default_fixture()?,
     };
-    let model = CsmModel::load(&dir)?;
+    let tokenizer = cfg.tokenizer.as_deref();
+    // Inputs before weights: the gate speaks texts, so it needs a tokenizer.
+    match tokenizer {
+        Some(t) if !t.is_file() => bail!(
+            "gate config: tokenizer {}: no such file (expected a Hugging Face tokenizer.json)",
+            t.display()
+        ),
+        None if !dir.join("tokenizer.json").is_file() => bail!(
+            "gate config: model {} has no tokenizer.json; set tokenizer = \"FILE\" in the config \
+             (CSM-1B uses the Llama-3.2 tokenizer.json)",
+            dir.display()
+        ),
+        _ => {}
+    }
+    let model = CsmModel::load_with(&dir, tokenizer)?;
     let dtype: DType = cfg.run.dtype.parse()?;
     let mut loaded = load_backends(ModelRef::Csm(&model), &[BackendKind::Torch], dtype)?;
     let cand_dtype: DType = match &cfg.candidate.dtype {
@@ -350,7 +367,7 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
     };
     let cand: Vec<LoadedBackend> = match cfg.candidate.perturb_weights {
         Some(eps) => {
-            let mut m = CsmModel::load(&dir)?;
+            let mut m = CsmModel::load_with(&dir, tokenizer)?;
             let name = cfg
                 .candidate
                 .perturb_tensor

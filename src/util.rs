@@ -1,4 +1,4 @@
-//! Small shared helpers: atomic writes.
+//! Small shared helpers: atomic writes, peak memory.
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,4 +31,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// This process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`); `None` where
+/// the kernel does not report it (not Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -306,6 +306,18 @@ fn malformed_gate_config_exits_2_naming_the_line() {
     let (code, _, err) = run(bin().args(["gate", "--config", "/nonexistent/gate.toml"]));
     assert_eq!(code, 2);
     assert!(err.contains("--config /nonexistent/gate.toml"), "{err}");
+    // A tokenizer that is not there is named before any weight is read.
+    std::fs::write(
+        &cfg,
+        "tokenizer = \"/nonexistent/tokenizer.json\"\n[run]\ntexts = [\"a\"]\nseeds = [1]\ntemperature = 0.8\ntop_k = 5\nmax_frames = 4\n[thresholds]\nkl_hist_max = 1.0\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(bin().args(["gate", "--config"]).arg(&cfg));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("tokenizer /nonexistent/tokenizer.json: no such file"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -206,6 +206,41 @@ pub fn load(kind: BackendKind, model: &CsmModel, dtype: DType) -> Result<Box<dyn
     }
 }
 
+/// A note when computing in `dtype` is much slower than f32 for `kind` on this machine, from a
+/// measurement made here (a [1, 2048] × [2048, 8192] matmul, the CSM-1B backbone's MLP shape;
+/// about 0.2 s). On a Linux CPU, MLX has no BLAS path for bf16/f16 matmuls (its own
+/// single-threaded kernel; see docs/performance.md), so `--dtype bf16` can be several times
+/// slower than f32 there while libtorch bf16 is fast. `None` for f32 and for libtorch.
+pub fn dtype_speed_note(kind: BackendKind, dtype: DType) -> Result<Option<String>> {
+    if dtype == DType::F32 {
+        return Ok(None);
+    }
+    match kind {
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => Ok(slow_dtype_note(
+            "MLX",
+            dtype,
+            mlx::matmul_ms(DType::F32)?,
+            mlx::matmul_ms(dtype)?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The note of [`dtype_speed_note`] from the two measured matmul times: only when `dtype` is
+/// at least 1.5× slower than f32.
+pub fn slow_dtype_note(library: &str, dtype: DType, f32_ms: f64, d_ms: f64) -> Option<String> {
+    let ratio = d_ms / f32_ms.max(1e-9);
+    (ratio >= 1.5).then(|| {
+        format!(
+            "on this machine {library} computes {d} matmuls {ratio:.1}x slower than f32 \
+             ({d_ms:.1} ms vs {f32_ms:.1} ms for 1x2048 @ 2048x8192; no BLAS path for {d} on \
+             this CPU): --dtype f32 is the fast {library} setting here (docs/performance.md)",
+            d = dtype.name()
+        )
+    })
+}
+
 /// Loads the Llama LM `model` (with its adapter, if any) into the backend `kind`: a
 /// [`Backend`] with one codebook whose frames are single tokens.
 pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result<Box<dyn Backend>> {
@@ -223,5 +258,26 @@ pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result
                 other.name()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_dtype_note_only_when_much_slower() {
+        assert_eq!(slow_dtype_note("MLX", DType::BF16, 10.0, 14.0), None);
+        let n = slow_dtype_note("MLX", DType::BF16, 10.0, 43.0).unwrap();
+        assert!(n.contains("bf16 matmuls 4.3x slower"), "{n}");
+        assert!(n.contains("--dtype f32"), "{n}");
+        assert_eq!(
+            dtype_speed_note(BackendKind::Torch, DType::BF16).unwrap(),
+            None
+        );
+        assert_eq!(
+            dtype_speed_note(BackendKind::Mlx, DType::F32).unwrap(),
+            None
+        );
     }
 }

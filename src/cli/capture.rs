@@ -97,7 +97,9 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
     let sampler =
         SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?.with_filters(a.top_p, a.min_p)?;
     let mut backends = a.backend.kinds()?;
+    let t0 = std::time::Instant::now();
     let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
+    let model_load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let model = loaded.as_ref();
     let max_frames = match (model, a.max_frames, a.max_tokens) {
         (ModelRef::Csm(_), _, Some(_)) => {
@@ -134,7 +136,17 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
             (false, None) => crate::capture_run::AudioSetting::Auto,
         },
     };
-    let summary = capture_model(model, &opts)?;
+    let mut notes = Vec::new();
+    for &kind in &opts.backends {
+        if let Some(note) = crate::backend::dtype_speed_note(kind, opts.dtype)? {
+            eprintln!("note: {note}");
+            notes.push(note);
+        }
+    }
+    let mut summary = capture_model(model, &opts)?;
+    summary.model_load_ms = Some(model_load_ms);
+    summary.peak_rss_bytes = crate::util::peak_rss_bytes();
+    summary.notes = notes;
     if a.json {
         print_json(&summary)?;
     } else {

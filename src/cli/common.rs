@@ -46,7 +46,7 @@ pub struct ModelArgs {
     pub dtype: DType,
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 

@@ -14,32 +14,45 @@ pub struct FixtureArgs {
     #[arg(long, default_value_t = fixture::DEFAULT_SEED)]
     pub seed: u64,
     /// csm: the tiny CSM; llama: a tiny HF-layout Llama (config.json, model.safetensors,
-    /// tokenizer.json) with a matching LoRA adapter in DIR/adapter/.
+    /// tokenizer.json) with a matching LoRA adapter in DIR/adapter/; csm-1b: random weights of
+    /// the full CSM-1B shape (1.55 B parameters, original layout, no tokenizer and no codec —
+    /// pass `--tokenizer` to use it), for measuring real-size speed and memory.
     #[arg(long, value_enum, default_value_t = FixtureKind::Csm)]
     pub kind: FixtureKind,
+    /// Weight dtype of `--kind csm-1b`: bf16 (3.1 GB, the default) or f32 (6.2 GB). The tiny
+    /// fixtures are always f32.
+    #[arg(long, value_parser = super::common::parse_dtype)]
+    pub dtype: Option<crate::model::DType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FixtureKind {
     Csm,
     Llama,
+    #[value(name = "csm-1b")]
+    Csm1b,
 }
 
 pub fn run_fixture(a: FixtureArgs) -> Result<i32> {
+    if a.dtype.is_some() && a.kind != FixtureKind::Csm1b {
+        anyhow::bail!("--dtype applies to --kind csm-1b only (the tiny fixtures are f32)");
+    }
+    let dtype = a.dtype.unwrap_or(crate::model::DType::BF16);
     // Only an earlier fixture (or nothing) is replaced: never a user's model.
     let stage =
         crate::outputs::StagedDir::begin(&a.out, crate::outputs::OutputKind::Fixture, "--out")?;
     match a.kind {
         FixtureKind::Csm => fixture::write_fixture(stage.path(), a.seed)?,
         FixtureKind::Llama => fixture::write_llama_fixture(stage.path(), a.seed)?,
+        FixtureKind::Csm1b => fixture::write_csm_1b_fixture(stage.path(), a.seed, dtype)?,
     }
     stage.commit()?;
     super::common::print_out(&format!(
-        "wrote the tiny {} fixture (seed {}) to {}{}\n",
-        if a.kind == FixtureKind::Csm {
-            "CSM"
-        } else {
-            "Llama"
+        "wrote the {} fixture (seed {}) to {}{}\n",
+        match a.kind {
+            FixtureKind::Csm => "tiny CSM".to_string(),
+            FixtureKind::Llama => "tiny Llama".to_string(),
+            FixtureKind::Csm1b => format!("random CSM-1B-shaped {}", dtype.name()),
         },
         a.seed,
         a.out.display(),

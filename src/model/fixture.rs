@@ -3,7 +3,7 @@
 //! Same seed → byte-identical files.
 use super::config::CsmConfig;
 use super::mimi::MimiConfig;
-use super::weights::{expected_tensors, write_safetensors, HostTensor};
+use super::weights::{expected_tensors, write_safetensors, DType, HostTensor};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,65 +47,131 @@ fn fnv1a(s: &str) -> u64 {
 
 /// Random weights of `cfg` (any size: also used for the full CSM-1B shape in benchmarks).
 pub fn random_weights(cfg: &CsmConfig, seed: u64) -> BTreeMap<String, HostTensor> {
-    expected_tensors(cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let mut rng = SplitMix64(seed ^ fnv1a(&name));
-            let n: usize = shape.iter().product();
-            let values: Vec<f32> = if name == "codebook0_head.weight" || name == "audio_head" {
-                // Output heads: token t's weights scaled by a log-normal factor, so a few
-                // tokens dominate each step, as in a trained model.
-                let is_audio = name == "audio_head";
-                let (vocab, fan_in) = if is_audio {
-                    (shape[2], shape[1])
-                } else {
-                    (shape[0], shape[1])
+    random_weights_in(cfg, seed, DType::F32)
+}
+
+/// [`random_weights`] stored in `dtype` (the f32 values rounded; each tensor converted as it
+/// is made, so a bf16 CSM-1B needs 3.1 GB, not 6.2 GB, while it is generated).
+/// Tensors are made on all cores (each from its own seed, so the result does not depend on the
+/// number of threads).
+pub fn random_weights_in(cfg: &CsmConfig, seed: u64, dtype: DType) -> BTreeMap<String, HostTensor> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let mut todo = expected_tensors(cfg);
+    // Largest first, so the last tensors to finish are small ones.
+    todo.sort_by_key(|(_, shape)| std::cmp::Reverse(shape.iter().product::<usize>()));
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(BTreeMap::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(todo.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((name, shape)) = todo.get(i) else {
+                    break;
                 };
-                let mut srng = SplitMix64(seed ^ fnv1a(&format!("{name}/token-scale")));
-                let s = HEAD_TOKEN_TAIL;
-                let scales: Vec<f32> = (0..vocab)
-                    .map(|_| (s * srng.normal() - s * s).exp() as f32)
-                    .collect();
-                let std = HEAD_LOGIT_STD / (fan_in as f32).sqrt();
-                let mut w: Vec<f32> = (0..n)
-                    .map(|i| {
-                        let t = if is_audio { i % vocab } else { i / fan_in };
-                        rng.normal() as f32 * std * scales[t]
-                    })
-                    .collect();
-                // Twin tokens: every token t ≡ 1 (mod TWIN_EVERY) has the same head weights
-                // as t − 1, so exact logit ties occur (as they do in bf16 checkpoints) and
-                // top-k tie handling is observable.
-                for t in (1..vocab).filter(|t| t % TWIN_EVERY == 1) {
-                    let rows = n / (vocab * fan_in);
-                    for r in 0..rows {
-                        for d in 0..fan_in {
-                            let (src, dst) = if is_audio {
-                                (
-                                    (r * fan_in + d) * vocab + t - 1,
-                                    (r * fan_in + d) * vocab + t,
-                                )
-                            } else {
-                                ((t - 1) * fan_in + d, t * fan_in + d)
-                            };
-                            w[dst] = w[src];
-                        }
-                    }
+                let t = random_tensor(name, shape.clone(), seed, dtype);
+                done.lock().unwrap().insert(name.clone(), t);
+            });
+        }
+    });
+    done.into_inner().unwrap()
+}
+
+fn random_tensor(name: &str, shape: Vec<usize>, seed: u64, dtype: DType) -> HostTensor {
+    let mut rng = SplitMix64(seed ^ fnv1a(name));
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = if name == "codebook0_head.weight" || name == "audio_head" {
+        // Output heads: token t's weights scaled by a log-normal factor, so a few
+        // tokens dominate each step, as in a trained model.
+        let is_audio = name == "audio_head";
+        let (vocab, fan_in) = if is_audio {
+            (shape[2], shape[1])
+        } else {
+            (shape[0], shape[1])
+        };
+        let mut srng = SplitMix64(seed ^ fnv1a(&format!("{name}/token-scale")));
+        let s = HEAD_TOKEN_TAIL;
+        let scales: Vec<f32> = (0..vocab)
+            .map(|_| (s * srng.normal() - s * s).exp() as f32)
+            .collect();
+        let std = HEAD_LOGIT_STD / (fan_in as f32).sqrt();
+        let mut w: Vec<f32> = (0..n)
+            .map(|i| {
+                let t = if is_audio { i % vocab } else { i / fan_in };
+                rng.normal() as f32 * std * scales[t]
+            })
+            .collect();
+        // Twin tokens: every token t ≡ 1 (mod TWIN_EVERY) has the same head weights
+        // as t − 1, so exact logit ties occur (as they do in bf16 checkpoints) and
+        // top-k tie handling is observable.
+        for t in (1..vocab).filter(|t| t % TWIN_EVERY == 1) {
+            let rows = n / (vocab * fan_in);
+            for r in 0..rows {
+                for d in 0..fan_in {
+                    let (src, dst) = if is_audio {
+                        (
+                            (r * fan_in + d) * vocab + t - 1,
+                            (r * fan_in + d) * vocab + t,
+                        )
+                    } else {
+                        ((t - 1) * fan_in + d, t * fan_in + d)
+                    };
+                    w[dst] = w[src];
                 }
-                w
-            } else if name.ends_with(".scale") {
-                (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
-            } else {
-                let std = if name.ends_with("embeddings.weight") {
-                    1.0
-                } else {
-                    1.0 / (shape[1] as f32).sqrt()
-                };
-                (0..n).map(|_| rng.normal() as f32 * std).collect()
-            };
-            (name, HostTensor::from_f32(shape, &values))
-        })
-        .collect()
+            }
+        }
+        w
+    } else if name.ends_with(".scale") {
+        (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect()
+    } else {
+        let std = if name.ends_with("embeddings.weight") {
+            1.0
+        } else {
+            1.0 / (shape[1] as f32).sqrt()
+        };
+        (0..n).map(|_| rng.normal() as f32 * std).collect()
+    };
+    host_in(shape, &values, dtype)
+}
+
+fn host_in(shape: Vec<usize>, values: &[f32], dtype: DType) -> HostTensor {
+    let data: Vec<u8> = match dtype {
+        DType::F32 => return HostTensor::from_f32(shape, values),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+    };
+    HostTensor {
+        shape,
+        dtype,
+        data: data.into(),
+    }
+}
+
+/// A randomly initialised checkpoint of the full CSM-1B shape (original layout, weights in
+/// `dtype`, `config.json`), for measuring real-size speed and memory on a machine without the
+/// real weights. It has no tokenizer (like Sesame's release: pass `--tokenizer`) and no codec.
+pub fn write_csm_1b_fixture(dir: &Path, seed: u64, dtype: DType) -> Result<()> {
+    let cfg = CsmConfig::csm_1b();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let weights = random_weights_in(&cfg, seed, dtype);
+    write_safetensors(&dir.join("model.safetensors"), &weights)?;
+    let mut config = cfg.to_original_json();
+    config["fixture_seed"] = serde_json::json!(seed);
+    config["fixture_note"] = serde_json::json!(
+        "random weights of the CSM-1B shape (csm-parity fixture --kind csm-1b); not a trained model"
+    );
+    crate::util::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    Ok(())
 }
 
 /// GPT-2's byte → printable-character map used by byte-level BPE vocabularies.
@@ -494,6 +560,24 @@ pub fn write_codec_fixture(dir: &Path, cfg: &MimiConfig, seed: u64) -> Result<()
 mod tests {
     use super::*;
     use crate::model::tokenizer::PromptTokenizer;
+
+    #[test]
+    fn bf16_random_weights_are_the_f32_ones_rounded() {
+        let cfg = CsmConfig::tiny();
+        let f = random_weights(&cfg, 7);
+        let b = random_weights_in(&cfg, 7, DType::BF16);
+        assert_eq!(f.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, t) in &b {
+            assert_eq!(t.dtype, DType::BF16, "{name}");
+            assert_eq!(t.data.len(), t.numel() * 2, "{name}");
+            let want: Vec<f32> = f[name]
+                .to_f32()
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect();
+            assert_eq!(t.to_f32(), want, "{name}");
+        }
+    }
 
     #[test]
     fn tokenizer_round_trips_and_fits_vocab() {

@@ -7,6 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Element type of a host tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,26 +45,127 @@ impl std::str::FromStr for DType {
     }
 }
 
+/// The bytes of a host tensor: owned, or a range of a memory-mapped weight file. Weights read
+/// from safetensors are never copied on the host: each backend copies a tensor once, into its
+/// own library's memory, then [`TensorBytes::release`]s the mapped pages, so a loaded model is
+/// resident once per library and not once more on the host (issue 16).
+#[derive(Clone)]
+pub enum TensorBytes {
+    Owned(Vec<u8>),
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for TensorBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            TensorBytes::Owned(v) => v,
+            TensorBytes::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+}
+
+impl From<Vec<u8>> for TensorBytes {
+    fn from(v: Vec<u8>) -> Self {
+        TensorBytes::Owned(v)
+    }
+}
+
+impl PartialEq for TensorBytes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for TensorBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorBytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            TensorBytes::Mapped { start, len, .. } => {
+                write!(f, "Mapped({len} bytes at offset {start})")
+            }
+        }
+    }
+}
+
+impl TensorBytes {
+    /// Drops the mapped pages of this range from the process's resident set (no-op for owned
+    /// bytes). The bytes stay readable: a later read faults them in again from the page cache.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        if let TensorBytes::Mapped { map, start, len } = self {
+            // SAFETY: the map is read-only and file-backed (MAP_SHARED, PROT_READ): MADV_DONTNEED
+            // only unmaps the pages from this process; their content, refetched from the file
+            // on the next access, is unchanged.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len)
+            };
+        }
+    }
+}
+
+/// Element types a [`HostTensor`] can be viewed as without a copy.
+pub trait HostElement: sealed::Sealed + Copy {
+    const DTYPE: DType;
+}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+impl HostElement for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl HostElement for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl HostElement for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+
 /// A tensor in host memory: little-endian bytes of `dtype`, row-major `shape`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
     pub dtype: DType,
-    pub data: Vec<u8>,
+    pub data: TensorBytes,
 }
 
 impl HostTensor {
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
         assert_eq!(shape.iter().product::<usize>(), values.len());
-        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         HostTensor {
             shape,
             dtype: DType::F32,
-            data,
+            data: data.into(),
         }
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+    /// The elements as `&[T]` without a copy, when the bytes are aligned for `T` (`T` must be
+    /// the 4- or 2-byte type of `self.dtype`; little-endian hosts only). `None`: use
+    /// [`HostTensor::to_f32`].
+    pub fn as_slice<T: HostElement>(&self) -> Option<&[T]> {
+        if !cfg!(target_endian = "little") || T::DTYPE != self.dtype {
+            return None;
+        }
+        // SAFETY: T is f32, f16 or bf16 (HostElement is sealed to them): plain old data, any
+        // bit pattern valid; align_to only returns the aligned middle.
+        match unsafe { self.data.align_to::<T>() } {
+            ([], v, []) => Some(v),
+            _ => None,
+        }
+    }
+    /// Drops the mapped pages of this tensor from the resident set (see [`TensorBytes`]).
+    pub fn release(&self) {
+        self.data.release();
     }
     /// The values widened to f32.
     pub fn to_f32(&self) -> Vec<f32> {
@@ -236,7 +338,7 @@ fn unpermute_rows(t: &HostTensor, head_dim: usize) -> HostTensor {
     HostTensor {
         shape: t.shape.clone(),
         dtype: t.dtype,
-        data,
+        data: data.into(),
     }
 }
 
@@ -309,18 +411,36 @@ pub fn read_safetensors(files: &[PathBuf]) -> Result<(RawTensors, String)> {
 }
 
 /// [`read_safetensors`], keeping only the tensors whose names pass `keep` (the others are
-/// neither copied nor type-checked).
+/// neither touched nor type-checked). The files are memory-mapped, not read: the tensors point
+/// into the maps (see [`TensorBytes`]).
 pub fn read_safetensors_where(
     files: &[PathBuf],
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<(RawTensors, String)> {
     let mut raw: RawTensors = Vec::new();
-    let mut hasher = Sha256::new();
     for file in files {
-        let bytes = std::fs::read(file)
-            .with_context(|| format!("cannot read weights {}", file.display()))?;
-        hasher.update(&bytes);
-        let st = SafeTensors::deserialize(&bytes)
+        let open = || {
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot read weights {}", file.display()))
+        };
+        let handle = open()?;
+        let len = handle
+            .metadata()
+            .with_context(|| format!("cannot read weights {}", file.display()))?
+            .len();
+        if len < 8 {
+            bail!(
+                "{}: not a valid safetensors file ({len} bytes; a safetensors file starts with an 8-byte header length)",
+                file.display()
+            );
+        }
+        // SAFETY: read-only map of a file the user handed us; like every safetensors reader that
+        // maps (candle, transformers), this assumes the file is not truncated while in use.
+        let map = Arc::new(
+            unsafe { memmap2::Mmap::map(&handle) }
+                .with_context(|| format!("cannot map weights {}", file.display()))?,
+        );
+        let st = SafeTensors::deserialize(&map[..])
             .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
         let mut names: Vec<_> = st
             .names()
@@ -340,15 +460,60 @@ pub fn read_safetensors_where(
                     file.display()
                 ),
             };
+            let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
             let t = HostTensor {
                 shape: view.shape().to_vec(),
                 dtype,
-                data: view.data().to_vec(),
+                data: TensorBytes::Mapped {
+                    map: map.clone(),
+                    start,
+                    len: view.data().len(),
+                },
             };
             raw.push((name, t, file.clone()));
         }
     }
-    Ok((raw, hex(&hasher.finalize())))
+    Ok((raw, files_sha256(files)?))
+}
+
+/// sha256 over the bytes of `files` in order (hex), streamed from the files (page cache, not
+/// this process's memory). Digests are cached per process by (paths, lengths, mtimes), so a
+/// codec read from inside a CSM checkpoint does not hash the checkpoint a second time.
+fn files_sha256(files: &[PathBuf]) -> Result<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+    static CACHE: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
+    let mut key: Key = Vec::new();
+    for file in files {
+        let meta = std::fs::metadata(file)
+            .with_context(|| format!("cannot read weights {}", file.display()))?;
+        key.push((
+            std::fs::canonicalize(file).unwrap_or_else(|_| file.clone()),
+            meta.len(),
+            meta.modified().ok(),
+        ));
+    }
+    if let Some(d) = CACHE
+        .lock()
+        .ok()
+        .and_then(|c| c.as_ref().and_then(|m| m.get(&key).cloned()))
+    {
+        return Ok(d);
+    }
+    let mut hasher = Sha256::new();
+    for file in files {
+        let mut f = std::fs::File::open(file)
+            .with_context(|| format!("cannot read weights {}", file.display()))?;
+        std::io::copy(&mut f, &mut hasher)
+            .with_context(|| format!("cannot read weights {}", file.display()))?;
+    }
+    let digest = hex(&hasher.finalize());
+    if let Ok(mut c) = CACHE.lock() {
+        c.get_or_insert_with(HashMap::new)
+            .insert(key, digest.clone());
+    }
+    Ok(digest)
 }
 
 /// Reads, maps and validates the checkpoint of `cfg` from `model` (a directory or a file).
@@ -496,7 +661,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes tensors as one safetensors file, atomically (temp file + rename).
+/// Writes tensors as one safetensors file, atomically: streamed to a temporary sibling (no
+/// serialized copy in memory, so a full-size checkpoint can be written), synced, then renamed.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     use safetensors::tensor::TensorView;
     let views: Vec<(String, TensorView<'_>)> = tensors
@@ -510,8 +676,18 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
             Ok((k.clone(), TensorView::new(dt, t.shape.clone(), &t.data)?))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, None)?;
-    crate::util::write_atomic(path, &bytes)
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = crate::util::temp_sibling(path);
+    let res = safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(std::fs::File::open(&tmp)?.sync_all()?))
+        .and_then(|()| Ok(std::fs::rename(&tmp, path)?));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("{}: cannot write", path.display()))
 }
 
 #[cfg(test)]
@@ -534,6 +710,56 @@ mod tests {
         }
         let t = HostTensor::from_f32(vec![heads * hd, dim], &hf);
         assert_eq!(unpermute_rows(&t, hd).to_f32(), orig);
+    }
+
+    #[test]
+    fn tensors_are_mapped_not_copied_and_release_keeps_them_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut tensors = BTreeMap::new();
+        let big: Vec<f32> = (0..300_000).map(|i| i as f32 * 0.5).collect();
+        tensors.insert("a".to_string(), HostTensor::from_f32(vec![600, 500], &big));
+        tensors.insert(
+            "b".to_string(),
+            HostTensor::from_f32(vec![3], &[1.0, -2.0, 3.5]),
+        );
+        write_safetensors(&path, &tensors).unwrap();
+        let (raw, sha) = read_safetensors(std::slice::from_ref(&path)).unwrap();
+        // The digest is sha256 over the file's bytes, as before the files were mapped.
+        assert_eq!(sha, hex(&Sha256::digest(std::fs::read(&path).unwrap())));
+        for (name, t, _) in &raw {
+            assert!(
+                matches!(t.data, TensorBytes::Mapped { .. }),
+                "{name}: {:?}",
+                t.data
+            );
+            assert_eq!(t, &tensors[name]);
+            t.release();
+            // Released pages come back from the file with the same bytes.
+            assert_eq!(t.to_f32(), tensors[name].to_f32());
+        }
+        let a = &raw.iter().find(|(n, ..)| n == "a").unwrap().1;
+        assert_eq!(a.as_slice::<f32>().map(|v| v[599]), Some(299.5));
+        assert!(a.as_slice::<half::bf16>().is_none(), "wrong element type");
+    }
+
+    #[test]
+    fn empty_or_short_weight_files_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        for bytes in [
+            &b""[..],
+            &b"\x10\0\0"[..],
+            &b"\xff\xff\xff\xff\xff\xff\xff\x7f{}"[..],
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let e = format!(
+                "{:#}",
+                read_safetensors(std::slice::from_ref(&path)).unwrap_err()
+            );
+            assert!(e.contains("model.safetensors"), "{e}");
+            assert!(e.contains("not a valid safetensors file"), "{e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,26 @@ use stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 
 pub mod llama;
 pub mod mimi;
+
+/// Median time (ms, 5 runs after a warm-up) of a [1, 2048] × [2048, 8192] matmul in `dtype`
+/// on this machine, with the weight as a transposed view as the stacks hold it.
+pub fn matmul_ms(dtype: DType) -> Result<f64> {
+    let dt = mlx_dtype(dtype);
+    let w = mlx_rs::ops::ones::<f32>(&[8192, 2048])?.as_dtype(dt)?;
+    let x = mlx_rs::ops::ones::<f32>(&[1, 2048])?.as_dtype(dt)?;
+    mlx_rs::transforms::eval([&w, &x])?;
+    let w_t = w.t();
+    let mut ms = Vec::new();
+    for i in 0..6 {
+        let t0 = std::time::Instant::now();
+        x.matmul(&w_t)?.eval()?;
+        if i > 0 {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
 pub(crate) mod sampler;
 pub(crate) mod stack;
 

@@ -14,29 +14,42 @@ pub(crate) fn mlx_dtype(d: DType) -> Dtype {
     }
 }
 
+/// Uploads a host tensor into MLX memory in `dtype`. The bytes go to MLX straight from the
+/// host tensor (a memory-mapped file, usually: no host copy), then the host pages are released,
+/// so the weights are resident once, in MLX.
 pub(crate) fn to_array(t: &HostTensor, dtype: Dtype) -> Result<Array> {
     let shape: Vec<i32> = t.shape.iter().map(|&s| s as i32).collect();
     let a = match t.dtype {
-        DType::F32 => Array::from_slice(&t.to_f32(), &shape),
-        DType::F16 => {
-            let v: Vec<half::f16> = t
-                .data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            Array::from_slice(&v, &shape)
-        }
-        DType::BF16 => {
-            let v: Vec<half::bf16> = t
-                .data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            Array::from_slice(&v, &shape)
-        }
+        DType::F32 => match t.as_slice::<f32>() {
+            Some(v) => Array::from_slice(v, &shape),
+            None => Array::from_slice(&t.to_f32(), &shape),
+        },
+        DType::F16 => match t.as_slice::<half::f16>() {
+            Some(v) => Array::from_slice(v, &shape),
+            None => {
+                let v: Vec<half::f16> = t
+                    .data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Array::from_slice(&v, &shape)
+            }
+        },
+        DType::BF16 => match t.as_slice::<half::bf16>() {
+            Some(v) => Array::from_slice(v, &shape),
+            None => {
+                let v: Vec<half::bf16> = t
+                    .data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Array::from_slice(&v, &shape)
+            }
+        },
     };
     let a = a.as_dtype(dtype)?;
     a.eval()?;
+    t.release();
     Ok(a)
 }
 

@@ -11,9 +11,14 @@ pub(crate) fn kind_of(d: DType) -> Kind {
     }
 }
 
+/// Uploads a host tensor into libtorch memory in `kind` (one copy, from the host tensor —
+/// usually a memory-mapped file), then releases the host pages, so the weights are resident
+/// once, in libtorch.
 pub(crate) fn to_tensor(t: &HostTensor, kind: Kind) -> Tensor {
     let shape: Vec<i64> = t.shape.iter().map(|&s| s as i64).collect();
-    Tensor::from_data_size(&t.data, &shape, kind_of(t.dtype)).to_kind(kind)
+    let out = Tensor::from_data_size(&t.data, &shape, kind_of(t.dtype)).to_kind(kind);
+    t.release();
+    out
 }
 
 pub(crate) struct Layer {
