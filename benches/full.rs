@@ -314,15 +314,16 @@ fn main() {
             }
         ));
         if c.code != 0 {
+            let tail = |t: &str| {
+                let mut l: Vec<&str> = t.lines().rev().take(15).collect();
+                l.reverse();
+                l.join("\n")
+            };
             eprintln!(
-                "{what}: exit {}\n{}",
+                "{what}: exit {}\n{}\n{}",
                 c.code,
-                c.stderr
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                tail(&c.stdout),
+                tail(&c.stderr)
             );
         }
     }
