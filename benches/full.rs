@@ -2,7 +2,8 @@
 //!
 //! On a randomly initialised checkpoint of the full CSM-1B shape (made here once by
 //! `csm-parity fixture --kind csm-1b`, kept in `target/bench-full/`), runs the real commands —
-//! `capture` in f32 and bf16, `verify --frames 8`, `sweep --jobs 2`, `gate` — as child processes
+//! `capture` in f32 and bf16, `verify --frames 8`, `sweep --jobs 2` (bf16: four models in
+//! memory), `gate` (f32, the committed gate's token and logit thresholds) — as child processes
 //! and prints per-frame time per backend, load times, peak RSS against the memory bound, and the
 //! ratio to the memory-bandwidth floor. Also checks that a checkpoint without a tokenizer fails
 //! fast, naming `--tokenizer`. Not run in CI (minutes of work on 2 cores); docs/performance.md
@@ -283,15 +284,15 @@ fn main() {
         &gate_toml,
         format!(
             "model = {:?}\ntokenizer = {:?}\n\n[run]\ntexts = [\"Hello there.\"]\nseeds = [1, 2]\n\
-             temperature = 0.8\ntop_k = 50\nmax_frames = 3\ndtype = \"bf16\"\n\n[thresholds]\n\
-             token_agreement_min = 0.5\nmax_logit_diff_max = 1.0\nhist_intersection_min = 0.0\n\
-             kl_hist_max = 100.0\ndivergence_frame_min = 0\nchi_square_p_min = 0.0\n",
-            dirs["bf16"], tok
+             temperature = 0.8\ntop_k = 50\nmax_frames = 3\ndtype = \"f32\"\n\n[thresholds]\n\
+             token_agreement_min = 0.99\nmax_logit_diff_max = 1e-3\ndivergence_frame_min = 3\n\
+             hist_intersection_min = 0.0\nkl_hist_max = 100.0\nchi_square_p_min = 0.0\n",
+            dirs["f32"], tok
         ),
     )
     .unwrap();
     let c = run(&["gate", "--config", gate_toml.to_str().unwrap()]);
-    other.push(("gate (bf16)", c, 2.0 * params * 2.0));
+    other.push(("gate (f32)", c, 2.0 * params * 4.0));
     println!("\n| command | exit | wall s | peak RSS GB |");
     println!("|---|---|---|---|");
     for (what, c, libs) in &other {
