@@ -320,7 +320,10 @@ mod tests {
         // The pattern that gave exactly 1.0 under the old 24-bit rule (top 24 bits all ones).
         assert!(SharedNoise::to_uniform(0xFFFF_FF00_0000_0000) < 1.0);
         // The low 41 bits do not matter; every value is exact: (k + 0.5) / 2^23.
-        assert_eq!(SharedNoise::to_uniform((5 << 41) | ((1 << 41) - 1)), 5.5 / 8_388_608.0);
+        assert_eq!(
+            SharedNoise::to_uniform((5 << 41) | ((1 << 41) - 1)),
+            5.5 / 8_388_608.0
+        );
         let k = (1u64 << 23) - 2;
         assert_eq!(
             SharedNoise::to_uniform(k << 41) as f64,
