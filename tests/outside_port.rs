@@ -1115,6 +1115,7 @@ fn gate_accepts_an_outside_candidate_command() {
 
 /// `python3` with numpy and MLX (from .deps/py) and the helper on the path; None (and a SKIPPED
 /// line) when MLX is not installed.
+#[cfg(all(feature = "mlx", feature = "torch"))]
 fn python_mlx() -> Option<Command> {
     let mut c = python()?;
     let ok = c
@@ -1130,6 +1131,7 @@ fn python_mlx() -> Option<Command> {
 }
 
 /// PYTHONPATH for a candidate command run by the binary.
+#[cfg(all(feature = "mlx", feature = "torch"))]
 fn port_pythonpath() -> String {
     format!(
         "{}:{}",
@@ -1140,6 +1142,7 @@ fn port_pythonpath() -> String {
 
 /// The first step (frame, codebook) at which the k-th and (k+1)-th largest logits of `run`
 /// tie exactly: where a top-k that keeps exactly k entries changes the support.
+#[cfg(all(feature = "mlx", feature = "torch"))]
 fn first_kth_tie(run: &Run, k: usize) -> Option<(usize, usize)> {
     let mut buf = FrameBuf::default();
     let logits = run.logits().unwrap();
