@@ -34,6 +34,7 @@ fn main() {
         dtype: "f32".into(),
         model_sha256: model.weights.sha256.clone(),
         model_path: model.dir.display().to_string(),
+        candidate: None,
     };
     let jobs = spec.jobs().len();
     println!(

@@ -64,10 +64,16 @@ def shared_uniforms(seed, frame, codebook, vocab):
     with np.errstate(over="ignore"):
         idx = np.arange(1, int(vocab) + 1, dtype=np.uint64)
         bits = _mix_array(key + idx * np.uint64(_GOLDEN))
-    k = (bits >> np.uint64(40)).astype(np.float32)  # 24 bits: exact in float32
-    # float32 arithmetic, round to nearest even: k + 0.5 is exact below 2^23 and rounds to the
-    # even neighbour above (so k = 2^24 - 1 gives exactly 1.0).
-    return (k + np.float32(0.5)) / np.float32(16777216.0)
+    return uniform_from_bits(bits)
+
+
+def uniform_from_bits(bits):
+    """The uniform of 64 random bits (uint64 array or int): the top 23 bits k, then
+    (k + 0.5) / 2^23. Both steps are exact in float32, so u lies strictly inside (0, 1)
+    (2^-24 ... 1 - 2^-24) and q = -log(u) is never 0. Returns float32."""
+    bits = np.asarray(bits, dtype=np.uint64)
+    k = (bits >> np.uint64(41)).astype(np.float32)  # top 23 bits: exact in float32
+    return (k + np.float32(0.5)) / np.float32(8388608.0)
 
 
 def shared_frame_uniforms(seed, frame, codebooks, vocab):

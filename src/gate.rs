@@ -385,6 +385,7 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
         dtype,
         shared_logits: Storage::F32,
         keep_runs: false,
+        candidate: None,
     };
     let work = std::env::temp_dir().join(format!("csm-parity-gate-{}", std::process::id()));
     let mut run_all = || -> Result<Vec<JobResult>> {
@@ -397,7 +398,14 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
                     seed,
                     text_index: ti,
                 };
-                let r = sweep::run_job(&model, Some(&mut loaded), &job, text, &settings, &work);
+                let r = sweep::run_job(
+                    ModelRef::Csm(&model),
+                    Some(&mut loaded),
+                    &job,
+                    text,
+                    &settings,
+                    &work,
+                );
                 results.push(r.with_context(|| format!("gate job text {ti} seed {seed}"))?);
             }
         }

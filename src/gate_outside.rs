@@ -113,17 +113,7 @@ pub fn run_outside_gate(
         .with_context(|| format!("--config {}: cannot read", config.display()))?;
     let cfg = parse_config(&text, config)?;
     // Check the template before loading anything.
-    let names = [
-        "out",
-        "text",
-        "seed",
-        "temp",
-        "top_k",
-        "frames",
-        "prompt_ids",
-        "model",
-    ];
-    fill_template(template, &names.map(|n| (n, String::new())))?;
+    check_template(template)?;
     if cfg.candidate != Default::default() {
         bail!(
             "--candidate-cmd replaces [candidate]; remove [candidate] from {}",
@@ -340,76 +330,30 @@ fn run_job(
     capture_with(model, &opts, backends)?;
     let reference_dir = crate::capture_run::run_dir(&opts.out, BackendKind::Torch);
     let reference = Run::open(&reference_dir)?;
-    let ids: Vec<String> = reference
-        .manifest()
-        .prompt
-        .token_ids
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
+    let prompt_ids = reference.manifest().prompt.token_ids.clone();
     let cand_dir = dir.join("candidate");
-    let cmd = fill_template(
+    let candidate = run_candidate_cmd(
         template,
-        &[
-            ("out", cand_dir.display().to_string()),
-            ("text", text.to_string()),
-            ("seed", seed.to_string()),
-            ("temp", cfg.run.temperature.to_string()),
-            ("top_k", cfg.run.top_k.to_string()),
-            ("frames", cfg.run.max_frames.to_string()),
-            ("prompt_ids", ids.join(",")),
-            ("model", model_dir.to_string()),
-        ],
+        &CandidateJob {
+            text,
+            seed,
+            temperature: cfg.run.temperature,
+            top_k: cfg.run.top_k,
+            frames: cfg.run.max_frames,
+            prompt_ids: &prompt_ids,
+            model_dir,
+        },
+        &cand_dir,
     )?;
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
-        .output()
-        .with_context(|| format!("cannot run the candidate command: {cmd}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        bail!(
-            "the candidate command failed ({}): {cmd}\n{tail}",
-            out.status
-        );
-    }
-    let candidate = Run::open(&cand_dir).with_context(|| {
-        format!(
-            "the candidate command did not write a complete run at {{out}} = {}",
-            cand_dir.display()
-        )
-    })?;
-    let noise = candidate.manifest().sampler.noise.clone();
-    let rescored = noise == "native";
-    let (a_dir, a) = if rescored {
-        let out = dir.join("rescored");
-        let lb = &mut backends[0];
-        rescore(
-            model,
-            &candidate,
-            lb.backend.as_mut(),
-            0.0,
-            &RescoreOptions {
-                out: out.clone(),
-                logits: Storage::F32,
-                probs: Storage::F32,
-            },
-        )?;
-        let r = Run::open(&out)?;
-        (out, r)
-    } else {
-        (reference_dir, reference)
-    };
-    let d = analysis::compare(&a, &candidate, &DiffOptions::default())?;
+    let j = judge_candidate(
+        model,
+        &mut backends[0],
+        &reference_dir,
+        &candidate,
+        &dir.join("rescored"),
+        &DiffOptions::default(),
+    )?;
+    let (noise, rescored, d, a_dir) = (j.noise, j.rescored, j.diff, j.reference_dir);
     Ok(OutsideJob {
         text_index: ti,
         text: text.to_string(),
@@ -431,6 +375,136 @@ fn run_job(
         reference_run: a_dir.display().to_string(),
         candidate_run: cand_dir.display().to_string(),
         nonfinite: d.nonfinite.describe(),
+    })
+}
+
+/// The placeholders of a candidate command template.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 8] = [
+    "out",
+    "text",
+    "seed",
+    "temp",
+    "top_k",
+    "frames",
+    "prompt_ids",
+    "model",
+];
+
+/// Checks a candidate command template (unknown or unclosed placeholders) before anything runs.
+pub fn check_template(template: &str) -> Result<()> {
+    fill_template(template, &TEMPLATE_PLACEHOLDERS.map(|n| (n, String::new()))).map(|_| ())
+}
+
+/// What one job asks of an outside candidate: the values of the template's placeholders.
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateJob<'a> {
+    pub text: &'a str,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_k: usize,
+    /// Frames (CSM) or tokens (Llama) at most.
+    pub frames: usize,
+    /// The reference's prompt token ids.
+    pub prompt_ids: &'a [i64],
+    pub model_dir: &'a str,
+}
+
+/// Runs the candidate command of one job (`template` filled in, `{out}` = `out`) and opens the
+/// run it wrote. A command that exits non-zero, or leaves no complete run at `{out}`, is an
+/// error quoting the command and the end of its stderr.
+pub fn run_candidate_cmd(template: &str, job: &CandidateJob, out: &Path) -> Result<Run> {
+    let ids: Vec<String> = job.prompt_ids.iter().map(|i| i.to_string()).collect();
+    let cmd = fill_template(
+        template,
+        &[
+            ("out", out.display().to_string()),
+            ("text", job.text.to_string()),
+            ("seed", job.seed.to_string()),
+            ("temp", job.temperature.to_string()),
+            ("top_k", job.top_k.to_string()),
+            ("frames", job.frames.to_string()),
+            ("prompt_ids", ids.join(",")),
+            ("model", job.model_dir.to_string()),
+        ],
+    )?;
+    let res = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .with_context(|| format!("cannot run the candidate command: {cmd}"))?;
+    if !res.status.success() {
+        let err = String::from_utf8_lossy(&res.stderr);
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "the candidate command failed ({}): {cmd}\n{tail}",
+            res.status
+        );
+    }
+    Run::open(out).with_context(|| {
+        format!(
+            "the candidate command did not write a complete run at {{out}} = {}",
+            out.display()
+        )
+    })
+}
+
+/// A candidate run compared with the reference.
+pub struct Judged {
+    /// The candidate's `sampler.noise`.
+    pub noise: String,
+    /// The candidate used its own noise and was re-scored by the reference.
+    pub rescored: bool,
+    /// The run the candidate was compared with: the reference's shared-noise capture, or the
+    /// re-score of the candidate.
+    pub reference_dir: std::path::PathBuf,
+    pub diff: analysis::Diff,
+}
+
+/// Compares an outside candidate run with the reference: directly with the reference's
+/// shared-noise capture at `reference_dir` when the candidate drew the shared noise, else
+/// (its own noise) after re-scoring the candidate with `backend` into `rescore_out`, so that
+/// its logits and probabilities are compared at every step.
+pub fn judge_candidate(
+    model: ModelRef,
+    backend: &mut crate::capture_run::LoadedBackend,
+    reference_dir: &Path,
+    candidate: &Run,
+    rescore_out: &Path,
+    opts: &DiffOptions,
+) -> Result<Judged> {
+    let noise = candidate.manifest().sampler.noise.clone();
+    let rescored = noise == NoiseMode::Native.name();
+    let reference_dir = if rescored {
+        rescore(
+            model,
+            candidate,
+            backend.backend.as_mut(),
+            0.0,
+            &RescoreOptions {
+                out: rescore_out.to_path_buf(),
+                logits: Storage::F32,
+                probs: Storage::F32,
+            },
+        )?;
+        rescore_out.to_path_buf()
+    } else {
+        reference_dir.to_path_buf()
+    };
+    let reference = Run::open(&reference_dir)?;
+    let diff = analysis::compare(&reference, candidate, opts)?;
+    Ok(Judged {
+        noise,
+        rescored,
+        reference_dir,
+        diff,
     })
 }
 

@@ -126,7 +126,23 @@ print(len(bad))
             ])
             .output()
             .unwrap());
-        assert_eq!(text.trim(), "0x3def122c 0x3f0ae980 0x3c22bee0 0x3ea99f51");
+        assert_eq!(text.trim(), "0x3def1228 0x3f0ae97f 0x3c22bec0 0x3ea99f52");
+    }
+    // The extreme bit patterns, through the helper and the Rust generator: never 0, never 1.
+    if let Some(mut py) = python() {
+        let text = ok(&py
+            .args([
+                "-c",
+                "import numpy as np, csm_parity_run as c; print(' '.join(hex(int(c.uniform_from_bits(x).view(np.uint32))) for x in (0, 2**64 - 1, 0xffffff0000000000)))",
+            ])
+            .output()
+            .unwrap());
+        let want: Vec<String> = [0u64, u64::MAX, 0xffff_ff00_0000_0000]
+            .iter()
+            .map(|&x| format!("{:#x}", SharedNoise::to_uniform(x).to_bits()))
+            .collect();
+        assert_eq!(want, ["0x33800000", "0x3f7fffff", "0x3f7fffff"]);
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), want);
     }
 }
 
@@ -1095,4 +1111,453 @@ fn gate_accepts_an_outside_candidate_command() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("{outdir}"));
+}
+
+/// `python3` with numpy and MLX (from .deps/py) and the helper on the path; None (and a SKIPPED
+/// line) when MLX is not installed.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+fn python_mlx() -> Option<Command> {
+    let mut c = python()?;
+    let ok = c
+        .args(["-c", "import mlx.core"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("SKIPPED: python3 with mlx not found in .deps/py");
+        return None;
+    }
+    python()
+}
+
+/// PYTHONPATH for a candidate command run by the binary.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+fn port_pythonpath() -> String {
+    format!(
+        "{}:{}",
+        root().join("python").display(),
+        root().join(".deps/py").display()
+    )
+}
+
+/// The first step (frame, codebook) at which the k-th and (k+1)-th largest logits of `run`
+/// tie exactly: where a top-k that keeps exactly k entries changes the support.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+fn first_kth_tie(run: &Run, k: usize) -> Option<(usize, usize)> {
+    let mut buf = FrameBuf::default();
+    let logits = run.logits().unwrap();
+    (0..run.frames()).find_map(|f| {
+        logits.read_frame(f, &mut buf).unwrap();
+        (0..run.codebooks()).find_map(|c| {
+            let Row::Dense(row) = buf.row(c) else {
+                panic!("dense logits expected")
+            };
+            let mut s = row.to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            (s[k - 1] == s[k]).then_some((f, c))
+        })
+    })
+}
+
+/// The Python MLX port of the tiny CSM in tests/ports/mlx_csm.py (backbone + depth decoder,
+/// written from the architecture notes, recording with the helper): with the shared noise it is
+/// token-identical to `capture --backend torch`; with its own noise, re-scored, every step is
+/// comparable and nothing breaches; each planted bug is located at the right frame, codebook
+/// and stage — with the shared noise (diffed against the capture) and with its own noise
+/// (diffed against the re-score).
+#[cfg(all(feature = "mlx", feature = "torch"))]
+#[test]
+fn mlx_csm_port_is_faithful_and_its_planted_bugs_are_located() {
+    use csm_parity::analysis::divergence::Stage;
+    use csm_parity::analysis::{compare, Diff, DiffOptions};
+    let Some(_) = python_mlx() else { return };
+    let model = csm_parity::model::fixture::ensure_default_fixture().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (frames, temp, top_k) = ("6", "0.9", 5usize);
+    // The reference: torch with the shared noise, f32 logits and probs.
+    let capture = |seed: &str| -> PathBuf {
+        let cap = tmp.path().join(format!("cap-{seed}"));
+        ok(&bin()
+            .args(["capture", "--text", "Hello there.", "--backend", "torch"])
+            .args(["--max-frames", frames, "--temp", temp, "--top-k", "5"])
+            .args(["--seed", seed, "--no-audio", "--json"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&cap)
+            .output()
+            .unwrap());
+        cap.join("torch")
+    };
+    let torch_dir = capture("3");
+    let torch = Run::open(&torch_dir).unwrap();
+    let ids: Vec<String> = torch
+        .manifest()
+        .prompt
+        .token_ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let ids = ids.join(",");
+    let port_seed = |name: &str, seed: &str, noise: &str, bug: &str| -> PathBuf {
+        let out = tmp.path().join(name);
+        ok(&python_mlx()
+            .unwrap()
+            .arg(root().join("tests/ports/mlx_csm.py"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args(["--prompt-ids", &ids, "--frames", frames, "--temp", temp])
+            .args([
+                "--top-k", "5", "--seed", seed, "--noise", noise, "--bug", bug,
+            ])
+            .output()
+            .unwrap());
+        out
+    };
+    let port = |name: &str, noise: &str, bug: &str| port_seed(name, "3", noise, bug);
+    let rescored = |run: &Path| -> PathBuf {
+        let out = tmp.path().join(format!(
+            "{}-ref",
+            run.file_name().unwrap().to_string_lossy()
+        ));
+        ok(&bin()
+            .arg("rescore")
+            .arg(run)
+            .arg("--model")
+            .arg(&model)
+            .args(["--backend", "torch", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap());
+        out
+    };
+    let diff = |a: &Path, b: &Path| -> Diff {
+        compare(
+            &Run::open(a).unwrap(),
+            &Run::open(b).unwrap(),
+            &DiffOptions::default(),
+        )
+        .unwrap()
+    };
+    let located = |d: &Diff| {
+        let p = d.verdict.point.expect("a divergence");
+        (p.frame, p.codebook, d.verdict.stage)
+    };
+
+    // 1. Faithful, shared noise: token-identical to torch, every logit within tolerance.
+    let clean = port("clean", "shared", "none");
+    let rc = Run::open(&clean).unwrap();
+    assert_eq!(rc.frames(), torch.frames());
+    assert_eq!(
+        rc.tokens(),
+        torch.tokens(),
+        "a faithful port with shared noise is token-identical"
+    );
+    let d = diff(&torch_dir, &clean);
+    assert_eq!(d.steps_comparable, d.steps_total);
+    let l = d.overall.logits.as_ref().unwrap();
+    assert_eq!(l.breaches, 0);
+    assert!(l.max_abs.max < 1e-3, "{}", l.max_abs.max);
+    assert!(d.verdict.point.is_none(), "{}", d.verdict.line);
+
+    // 2. Faithful, own noise: tokens differ, but re-scored every step is comparable and no
+    //    model or sampler stage is blamed.
+    let native = port("native", "native", "none");
+    let d = diff(&rescored(&native), &native);
+    assert_eq!(d.steps_comparable, d.steps_total, "{}", d.comparability);
+    assert_eq!(d.overall.logits.as_ref().unwrap().breaches, 0);
+    assert_ne!(d.verdict.stage, Some(Stage::Model), "{}", d.verdict.line);
+    assert_ne!(d.verdict.stage, Some(Stage::Sampler), "{}", d.verdict.line);
+
+    // 3. Context loss (the backbone sees only the newest frame): stage model at frame 1,
+    //    codebook 0 — the first step computed without the context.
+    for noise in ["shared", "native"] {
+        let run = port(&format!("context-loss-{noise}"), noise, "context-loss");
+        let reference = if noise == "shared" {
+            torch_dir.clone()
+        } else {
+            rescored(&run)
+        };
+        let d = diff(&reference, &run);
+        assert_eq!(
+            located(&d),
+            (1, 0, Some(Stage::Model)),
+            "{noise}: {}",
+            d.verdict.line
+        );
+    }
+
+    // 4. Llama-3 RoPE scaling forgotten: stage model at frame 0, codebook 0 (the backbone's
+    //    first logits already see rotated positions).
+    for noise in ["shared", "native"] {
+        let run = port(
+            &format!("no-rope-scaling-{noise}"),
+            noise,
+            "no-rope-scaling",
+        );
+        let reference = if noise == "shared" {
+            torch_dir.clone()
+        } else {
+            rescored(&run)
+        };
+        let d = diff(&reference, &run);
+        assert_eq!(
+            located(&d),
+            (0, 0, Some(Stage::Model)),
+            "{noise}: {}",
+            d.verdict.line
+        );
+    }
+
+    // 5. Top-k that drops ties: stage sampler at the first step where the 5th and 6th largest
+    //    logits tie in the reference (the supports differ there), found from the reference's
+    //    own logits (the fixture's twin tokens tie exactly). Seed 2 with the shared noise and
+    //    seed 3 with the port's own noise reach such a tie within 6 frames.
+    for (noise, seed) in [("shared", "2"), ("native", "3")] {
+        let run = port_seed(&format!("topk-ties-{noise}"), seed, noise, "topk-drop-ties");
+        let reference = if noise == "shared" {
+            capture(seed)
+        } else {
+            rescored(&run)
+        };
+        let tie = first_kth_tie(&Run::open(&reference).unwrap(), top_k)
+            .expect("the fixture's twin tokens tie at the 5th value within 6 frames");
+        let d = diff(&reference, &run);
+        assert_eq!(
+            located(&d),
+            (tie.0, tie.1, Some(Stage::Sampler)),
+            "{noise}: {}",
+            d.verdict.line
+        );
+    }
+}
+
+/// `gate --candidate-cmd` with the MLX CSM port: faithful passes; missing RoPE scaling fails at
+/// frame 0, stage model.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+#[test]
+fn gate_accepts_the_mlx_csm_port() {
+    let Some(_) = python_mlx() else { return };
+    let model = csm_parity::model::fixture::ensure_default_fixture().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\n[run]\ntexts = [\"Hello there.\"]\nseeds = [1, 2]\ntemperature = 0.9\n\
+             top_k = 5\nmax_frames = 4\n\n[thresholds]\ntoken_agreement_min = 1.0\n\
+             max_logit_diff_max = 0.001\ndivergence_frame_min = 4\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let template = |noise: &str, bug: &str| {
+        format!(
+            "python3 {} --model {{model}} --out {{out}} --prompt-ids {{prompt_ids}} --frames {{frames}} \
+             --temp {{temp}} --top-k {{top_k}} --seed {{seed}} --noise {noise} --bug {bug}",
+            root().join("tests/ports/mlx_csm.py").display()
+        )
+    };
+    let gate = |cmd: String, keep: &Path| {
+        bin()
+            .env("PYTHONPATH", port_pythonpath())
+            .arg("gate")
+            .arg("--config")
+            .arg(&config)
+            .arg("--candidate-cmd")
+            .arg(cmd)
+            .arg("--keep-failed")
+            .arg(keep)
+            .output()
+            .unwrap()
+    };
+    let keep = tmp.path().join("failures");
+    let out = gate(template("shared", "none"), &keep);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("gate PASSED"), "{text}");
+    assert!(!keep.exists());
+    let out = gate(template("native", "no-rope-scaling"), &keep);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("seed 2 temp 0.9 top-k 5 (native noise, re-scored): first divergence frame 0 codebook 0 (stage model)"),
+        "{text}"
+    );
+    Run::open(&keep.join("text0-seed2").join("candidate")).unwrap();
+}
+
+/// `sweep --candidate-cmd` / `--candidate-runs` with the MLX CSM port: the faithful port (shared
+/// noise) agrees on every token of every job; with context loss and its own noise every job is
+/// re-scored and diverges at frame 1, stage model; finished runs are swept from a directory; a
+/// failing command names its job.
+#[cfg(all(feature = "mlx", feature = "torch"))]
+#[test]
+fn sweep_accepts_an_outside_candidate() {
+    let Some(_) = python_mlx() else { return };
+    let model = csm_parity::model::fixture::ensure_default_fixture().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = root().join("tests/ports/mlx_csm.py");
+    let template = |noise: &str, bug: &str| {
+        format!(
+            "python3 {} --model {{model}} --out {{out}} --prompt-ids {{prompt_ids}} --frames {{frames}} \
+             --temp {{temp}} --top-k {{top_k}} --seed {{seed}} --noise {noise} --bug {bug}",
+            port.display()
+        )
+    };
+    let sweep = |out: &Path, candidate: &[&str]| {
+        bin()
+            .env("PYTHONPATH", port_pythonpath())
+            .args(["sweep", "--temps", "0.9", "--topk", "5", "--seeds", "2"])
+            .args(["--text", "Hello there.", "--max-frames", "4", "--json"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(out)
+            .args(candidate)
+            .output()
+            .unwrap()
+    };
+    let jobs = |out: &Path| -> Vec<Value> {
+        ["t0.9_k5_x0_s0", "t0.9_k5_x0_s1"]
+            .iter()
+            .map(|k| {
+                serde_json::from_slice(&std::fs::read(out.join(format!("jobs/{k}.json"))).unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+
+    // Faithful port, shared noise: every token agrees, nothing diverges.
+    let clean = tmp.path().join("clean");
+    let cmd = template("shared", "none");
+    let res: Value = serde_json::from_str(&ok(&sweep(&clean, &["--candidate-cmd", &cmd]))).unwrap();
+    let cell = &res["result"]["cells"][0];
+    assert_eq!(cell["jobs"], 2, "{cell}");
+    assert_eq!(cell["token_agreement"]["value"], 1.0, "{cell}");
+    assert_eq!(cell["diverged_jobs"], 0, "{cell}");
+    for j in jobs(&clean) {
+        assert_eq!(j["candidate"]["noise"], "shared", "{j}");
+        assert_eq!(j["candidate"]["rescored"], false, "{j}");
+        assert!(
+            j["shared"]["max_logit_diff"].as_f64().unwrap() < 1e-3,
+            "{j}"
+        );
+        assert!(j["native"]["hist_intersection"].is_number(), "{j}");
+    }
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(clean.join("spec.json")).unwrap()).unwrap();
+    assert_eq!(spec["candidate"], format!("cmd: {cmd}"));
+
+    // Context loss with the port's own noise: re-scored, each job diverges at frame 1, stage
+    // model; token agreement is not measured for re-scored jobs.
+    let lost = tmp.path().join("lost");
+    let res: Value = serde_json::from_str(&ok(&sweep(
+        &lost,
+        &["--candidate-cmd", &template("native", "context-loss")],
+    )))
+    .unwrap();
+    let cell = &res["result"]["cells"][0];
+    assert_eq!(cell["diverged_jobs"], 2, "{cell}");
+    assert!(cell["token_agreement"].is_null(), "{cell}");
+    for j in jobs(&lost) {
+        assert_eq!(j["candidate"]["rescored"], true, "{j}");
+        assert_eq!(j["shared"]["divergence"], json!([1, 0]), "{j}");
+        assert_eq!(j["shared"]["divergence_stage"], "model", "{j}");
+    }
+
+    // Finished runs in a directory, one per job key (here: the RoPE bug, shared noise).
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let ids: Vec<String> = {
+        let cap = tmp.path().join("cap");
+        ok(&bin()
+            .args(["capture", "--text", "Hello there.", "--backend", "torch"])
+            .args(["--max-frames", "1", "--no-audio", "--json"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&cap)
+            .output()
+            .unwrap());
+        Run::open(&cap.join("torch"))
+            .unwrap()
+            .manifest()
+            .prompt
+            .token_ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    };
+    for seed in ["0", "1"] {
+        ok(&python_mlx()
+            .unwrap()
+            .arg(&port)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(runs.join(format!("t0.9_k5_x0_s{seed}")))
+            .args([
+                "--prompt-ids",
+                &ids.join(","),
+                "--frames",
+                "4",
+                "--temp",
+                "0.9",
+            ])
+            .args(["--top-k", "5", "--seed", seed, "--noise", "shared"])
+            .args(["--bug", "no-rope-scaling"])
+            .output()
+            .unwrap());
+    }
+    let from_runs = tmp.path().join("from-runs");
+    let res: Value = serde_json::from_str(&ok(&sweep(
+        &from_runs,
+        &["--candidate-runs", runs.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(res["result"]["cells"][0]["diverged_jobs"], 2);
+    for j in jobs(&from_runs) {
+        assert_eq!(j["shared"]["divergence"], json!([0, 0]), "{j}");
+        assert_eq!(j["shared"]["divergence_stage"], "model", "{j}");
+    }
+    // A job whose run is missing is named.
+    std::fs::remove_dir_all(runs.join("t0.9_k5_x0_s1")).unwrap();
+    let out = sweep(
+        &tmp.path().join("missing"),
+        &["--candidate-runs", runs.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("t0.9_k5_x0_s1") && err.contains("seed 1, temp 0.9, top-k 5"),
+        "{err}"
+    );
+
+    // A failing candidate command names the job (text, seed, temperature, top-k).
+    let out = sweep(
+        &tmp.path().join("failing"),
+        &["--candidate-cmd", "echo broken port >&2; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "sweep job t0.9_k5_x0_s0 (text 0 \"Hello there.\", seed 0, temp 0.9, top-k 5)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("broken port"), "{err}");
 }

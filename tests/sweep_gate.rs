@@ -43,6 +43,7 @@ mod with_backends {
             dtype: "f32".into(),
             model_sha256: model.weights.sha256.clone(),
             model_path: "tiny-csm".into(),
+            candidate: None,
         }
     }
 

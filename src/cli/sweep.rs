@@ -1,7 +1,7 @@
 //! `csm-parity sweep` and `csm-parity sweep merge` (issue 5).
 use super::common::{print_json, ModelArgs};
 use crate::sampling::{parse_temperature, parse_top_k};
-use crate::sweep::{self, output, Execution, Shard, SweepSpec};
+use crate::sweep::{self, output, CandidateSource, Execution, Shard, SweepSpec};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -75,6 +75,17 @@ pub struct SweepRunArgs {
     /// Print the result as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Sweep an outside pipeline instead of the built-in MLX one: a shell command template run
+    /// once per job that writes a run directory at {out}. Placeholders (shell-quoted): {out}
+    /// {text} {seed} {temp} {top_k} {frames} {prompt_ids} {model}. A candidate that used its own
+    /// noise is re-scored by the reference (torch) first (docs/outside-ports.md). The model may
+    /// be a CSM or a Llama directory.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "candidate_runs")]
+    pub candidate_cmd: Option<String>,
+    /// Sweep an outside pipeline's finished runs: DIR/<job key> (e.g. DIR/t0.8_k50_x0_s3) for
+    /// every job, made with the job's text, seed, temperature and top-k.
+    #[arg(long, value_name = "DIR")]
+    pub candidate_runs: Option<PathBuf>,
 }
 
 pub fn run(a: SweepArgs) -> Result<i32> {
@@ -104,7 +115,26 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
         (None, Some(f)) => sweep::read_texts(f)?,
         (None, None) => vec![sweep::DEFAULT_TEXT.to_string()],
     };
-    let model = a.model.load()?;
+    let candidate = match (&a.candidate_cmd, &a.candidate_runs) {
+        (Some(t), _) => Some(CandidateSource::Command(t.clone())),
+        (None, Some(d)) => Some(CandidateSource::Runs(d.clone())),
+        (None, None) => None,
+    };
+    match &candidate {
+        Some(CandidateSource::Command(t)) => crate::gate_outside::check_template(t)?,
+        Some(CandidateSource::Runs(d)) if !d.is_dir() => {
+            bail!("--candidate-runs {}: not a directory", d.display())
+        }
+        _ => {}
+    }
+    // The built-in candidate is the MLX CSM pipeline; an outside one may port a Llama too.
+    let loaded = match candidate {
+        Some(_) => a
+            .model
+            .load_any(super::common::ModelKindChoice::Auto, None)?,
+        None => super::common::LoadedModel::Csm(a.model.load()?),
+    };
+    let model = loaded.as_ref();
     let spec = SweepSpec {
         temperatures: a.temps,
         top_ks: a.topk,
@@ -113,8 +143,9 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
         max_frames: a.max_frames,
         speaker: a.speaker,
         dtype: a.model.dtype.name().into(),
-        model_sha256: model.weights.sha256.clone(),
-        model_path: model.dir.display().to_string(),
+        model_sha256: sweep::model_sha256(model),
+        model_path: model.dir().display().to_string(),
+        candidate: candidate.as_ref().map(|c| c.describe()),
     };
     let exec = Execution {
         workers: a.jobs,
@@ -122,7 +153,8 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
         progress: !a.json,
         keep_runs: a.keep_runs,
     };
-    let (stats, result) = sweep::run_sweep(&model, &spec, &a.out, a.shard, &exec)?;
+    let (stats, result) =
+        sweep::run_sweep_with(model, &spec, &a.out, a.shard, &exec, candidate.as_ref())?;
     if a.json {
         print_json(&serde_json::json!({ "result": result, "run": stats }))?;
         return Ok(0);

@@ -152,14 +152,15 @@ impl SharedNoise {
         Self::mix(key.wrapping_add((index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
-    /// The uniform made from 64 random bits: the top 24 bits k, then `(k + 0.5) / 2^24` in f32
-    /// arithmetic (round to nearest even). Lies in (0, 1]; it is exactly 1.0 when
-    /// k = 2^24 − 1, because 16777215.5 rounds to 16777216 in f32 (docs/shared-noise.md).
+    /// The uniform made from 64 random bits: the top 23 bits k, then `(k + 0.5) / 2^23`. Every
+    /// step is exact in f32 (k + 0.5 needs 24 significant bits, the division is by a power of
+    /// two), so u lies strictly inside (0, 1): from 2^-24 to 1 − 2^-24. It is never 1.0, so
+    /// q = −ln u is never 0 (docs/shared-noise.md).
     pub fn to_uniform(bits: u64) -> f32 {
-        ((bits >> 40) as f32 + 0.5) / (1u32 << 24) as f32
+        ((bits >> 41) as f32 + 0.5) / (1u32 << 23) as f32
     }
 
-    /// Uniform draws in (0, 1] for one sampling step, one per vocabulary entry.
+    /// Uniform draws in (0, 1) for one sampling step, one per vocabulary entry.
     pub fn uniforms_into(seed: u64, frame: u64, codebook: u64, out: &mut [f32]) {
         let key = Self::key(seed, frame, codebook);
         for (i, u) in out.iter_mut().enumerate() {
@@ -302,23 +303,31 @@ mod tests {
         assert_ne!(a, SharedNoise::frame_uniforms(8, 3, 4, 100));
         assert_ne!(a, SharedNoise::frame_uniforms(7, 4, 4, 100));
         assert_ne!(a[..100], a[100..200]);
-        assert!(a.iter().all(|&u| u > 0.0 && u <= 1.0));
+        assert!(a.iter().all(|&u| u > 0.0 && u < 1.0));
         let mean = a.iter().map(|&u| u as f64).sum::<f64>() / a.len() as f64;
         assert!((mean - 0.5).abs() < 0.03, "{mean}");
     }
 
     #[test]
     fn uniform_conversion_edges() {
-        // k = 0 gives 2^-25; k = 2^24 - 1 rounds up to exactly 1.0 in f32.
-        assert_eq!(SharedNoise::to_uniform(0), 0.5 / 16_777_216.0);
-        assert_eq!(SharedNoise::to_uniform(u64::MAX), 1.0);
-        // Below 2^23, k + 0.5 is exact.
-        assert_eq!(SharedNoise::to_uniform(5 << 40), 5.5 / 16_777_216.0);
-        // Above, the tie rounds to the even neighbour.
-        let k = (1u64 << 23) + 1;
+        // Known answers for the extreme bit patterns: all zeros gives 2^-24, all ones (the top
+        // 23 bits all set) gives 1 − 2^-24 — never 1.0, so q = −ln u > 0 (no 0/0 in probs / q).
+        assert_eq!(SharedNoise::to_uniform(0).to_bits(), 0x3380_0000);
+        assert_eq!(SharedNoise::to_uniform(0), 0.5 / 8_388_608.0);
+        assert_eq!(SharedNoise::to_uniform(u64::MAX).to_bits(), 0x3f7f_ffff);
+        assert_eq!(SharedNoise::to_uniform(u64::MAX), 1.0 - 1.0 / 16_777_216.0);
+        assert!(-SharedNoise::to_uniform(u64::MAX).ln() > 0.0);
+        // The pattern that gave exactly 1.0 under the old 24-bit rule (top 24 bits all ones).
+        assert!(SharedNoise::to_uniform(0xFFFF_FF00_0000_0000) < 1.0);
+        // The low 41 bits do not matter; every value is exact: (k + 0.5) / 2^23.
         assert_eq!(
-            SharedNoise::to_uniform(k << 40),
-            (k + 1) as f32 / 16_777_216.0
+            SharedNoise::to_uniform((5 << 41) | ((1 << 41) - 1)),
+            5.5 / 8_388_608.0
+        );
+        let k = (1u64 << 23) - 2;
+        assert_eq!(
+            SharedNoise::to_uniform(k << 41) as f64,
+            (k as f64 + 0.5) / 8_388_608.0
         );
         let mut row = [0f32; 3];
         SharedNoise::uniforms_into(42, 0, 0, &mut row);
@@ -329,6 +338,19 @@ mod tests {
                 SharedNoise::to_uniform(SharedNoise::bits(key, i as u64))
             );
         }
+    }
+
+    /// With u strictly below 1, a filtered entry (prob 0) scores 0 / q = 0, never NaN, and the
+    /// token is a kept one even when the draw is the largest possible.
+    #[test]
+    fn extreme_uniform_never_makes_nan_scores() {
+        let spec = SamplerSpec::new(1.0, 2, NoiseMode::Shared, 0).unwrap();
+        let u = [SharedNoise::to_uniform(u64::MAX); 5];
+        let (t, p) = reference_sample(&[1.0, 3.0, 2.5, 0.0, -1.0], &spec, &u);
+        assert!(p.iter().all(|x| x.is_finite()));
+        let scores: Vec<f32> = p.iter().zip(&u).map(|(&p, &u)| p / -u.ln()).collect();
+        assert!(scores.iter().all(|s| s.is_finite()), "{scores:?}");
+        assert_eq!(t, 1);
     }
 
     #[test]

@@ -45,17 +45,13 @@ impl NoiseSpec {
     }
 }
 
-/// True when every value of `row` lies on the generator's grid: `(k + ½) / 2^24` for
-/// k < 2^23, or an even multiple of 2^-24 in [2^-1, 1] (where `k + ½` rounds to even in f32).
+/// True when every value of `row` lies on the generator's grid: `(k + ½) / 2^23` for
+/// k in 0 … 2^23 − 1 (so strictly inside (0, 1)).
 fn on_grid(row: &[f32]) -> bool {
-    const SCALE: f64 = 16_777_216.0;
+    const SCALE: f64 = 8_388_608.0;
     row.iter().all(|&u| {
         let y = u as f64 * SCALE;
-        if y < 8_388_608.0 {
-            y > 0.0 && (y - 0.5).fract() == 0.0
-        } else {
-            y <= SCALE && y.fract() == 0.0 && (y as u64).is_multiple_of(2)
-        }
+        y > 0.0 && y < SCALE && (y - 0.5).fract() == 0.0
     })
 }
 
@@ -139,10 +135,14 @@ mod tests {
     fn grid_accepts_generator_output_and_rejects_plain_floats() {
         let row = SharedNoise::frame_uniforms(3, 1, 4, 257);
         assert!(on_grid(&row));
-        assert!(on_grid(&[1.0, 0.5 / 16_777_216.0]));
+        assert!(on_grid(&[0.5 / 8_388_608.0, 1.0 - 0.5 / 8_388_608.0]));
+        assert!(!on_grid(&[1.0]));
         assert!(!on_grid(&[0.25]));
         assert!(!on_grid(&[0.0]));
-        assert!(!on_grid(&[0.7]));
+        // 0.7f32 (bits 0x3f333333) is an odd multiple of 2^-24, so on the grid; its neighbour
+        // with an even mantissa is not.
+        assert!(on_grid(&[0.7]));
+        assert!(!on_grid(&[f32::from_bits(0x3f33_3334)]));
     }
 
     /// The numbers of docs/shared-noise.md's worked example.
@@ -153,20 +153,20 @@ mod tests {
         let key = SharedNoise::key(42, 3, 1);
         assert_eq!(key, 0xf6b3ed07e2aeb579);
         let want: [(u64, u64, u32); 4] = [
-            (0x1de2456c07bc879f, 1958469, 0x3def122c),
-            (0x8ae97fda8afb0c75, 9103743, 0x3f0ae980),
-            (0x028afbe031de856a, 166651, 0x3c22bee0),
-            (0x54cfa8038aada5a0, 5558184, 0x3ea99f51),
+            (0x1de2456c07bc879f, 979234, 0x3def1228),
+            (0x8ae97fda8afb0c75, 4551871, 0x3f0ae97f),
+            (0x028afbe031de856a, 83325, 0x3c22bec0),
+            (0x54cfa8038aada5a0, 2779092, 0x3ea99f52),
         ];
         let mut row = [0f32; 4];
         SharedNoise::uniforms_into(42, 3, 1, &mut row);
         for (i, (x, k, ubits)) in want.into_iter().enumerate() {
             assert_eq!(SharedNoise::bits(key, i as u64), x, "x_{i}");
-            assert_eq!(x >> 40, k);
+            assert_eq!(x >> 41, k);
             assert_eq!(row[i].to_bits(), ubits, "u_{i}");
         }
-        assert_eq!(row[1] as f64 * 16_777_216.0, 9_103_744.0);
-        assert!((-(row[0].ln()) - 2.1478584).abs() < 1e-6);
+        assert_eq!(row[1] as f64 * 8_388_608.0, 4_551_871.5);
+        assert!((-(row[0].ln()) - 2.1478586).abs() < 1e-6);
     }
 
     #[test]

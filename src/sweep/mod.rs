@@ -13,8 +13,9 @@ use crate::analysis::{self, DiffOptions};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
 use crate::capture_run::{
-    capture_with, load_backends, CaptureOptions, LoadedBackend, Mode, ModelRef,
+    capture_with, load_backends, run_dir, CaptureOptions, LoadedBackend, Mode, ModelRef,
 };
+use crate::gate_outside::{judge_candidate, run_candidate_cmd, CandidateJob};
 use crate::model::{CsmModel, DType};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
@@ -49,6 +50,29 @@ pub struct SweepSpec {
     /// sha256 of the weights (the model path is informational and not compared).
     pub model_sha256: String,
     pub model_path: String,
+    /// The outside candidate (`CandidateSource::describe`); absent: the built-in MLX pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+}
+
+/// Where the candidate's runs come from when it is not the built-in MLX pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CandidateSource {
+    /// `--candidate-cmd`: a shell command template run once per job (placeholders as for
+    /// `gate --candidate-cmd`).
+    Command(String),
+    /// `--candidate-runs DIR`: one finished run per job at `DIR/<job key>` (`t0.8_k50_x0_s3`).
+    Runs(PathBuf),
+}
+
+impl CandidateSource {
+    /// The candidate as recorded in `spec.json` and each job result.
+    pub fn describe(&self) -> String {
+        match self {
+            CandidateSource::Command(t) => format!("cmd: {t}"),
+            CandidateSource::Runs(d) => format!("runs: {}", d.display()),
+        }
+    }
 }
 
 impl SweepSpec {
@@ -237,6 +261,20 @@ pub struct JobResult {
     pub native: NativeMetrics,
     /// Wall time of the two captures and diffs (informational).
     pub seconds: f64,
+    /// How an outside candidate's run was judged (absent for the built-in MLX candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateInfo>,
+}
+
+/// An outside candidate's part of one job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CandidateInfo {
+    /// `CandidateSource::describe`.
+    pub source: String,
+    /// The candidate run's `sampler.noise`.
+    pub noise: String,
+    /// It used its own noise and was re-scored by the reference before the comparison.
+    pub rescored: bool,
 }
 
 fn fin(x: f64) -> Option<f64> {
@@ -259,13 +297,36 @@ pub struct JobSettings {
     pub shared_logits: Storage,
     /// Keep the capture directories (`work/<key>/{shared,native}`) after the metrics are stored.
     pub keep_runs: bool,
+    /// An outside candidate instead of the built-in MLX pipeline (the loaded backends are then
+    /// the reference only).
+    pub candidate: Option<CandidateSource>,
+}
+
+/// The sha256 of the weights of either model kind.
+pub fn model_sha256(model: ModelRef) -> String {
+    match model {
+        ModelRef::Csm(m) => m.weights.sha256.clone(),
+        ModelRef::Llama(m) => m.sha256.clone(),
+    }
+}
+
+/// How a job is named in errors: its key, text, seed, temperature and top-k.
+pub fn job_label(job: &Job, text: &str) -> String {
+    format!(
+        "sweep job {} (text {} {text:?}, seed {}, temp {}, top-k {})",
+        job.key(),
+        job.text_index,
+        job.seed,
+        job.temperature,
+        job.top_k
+    )
 }
 
 /// Runs one job: two captures under `work`, diffed by the analyzer. With `loaded` (reference
 /// first) the captures reuse those backends; with `None` each capture loads torch and MLX
 /// itself, as `csm-parity capture` does.
 pub fn run_job(
-    model: &CsmModel,
+    model: ModelRef,
     mut loaded: Option<&mut [LoadedBackend]>,
     job: &Job,
     text: &str,
@@ -277,14 +338,20 @@ pub fn run_job(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
+    if let Some(c) = &settings.candidate {
+        let Some(l) = loaded else {
+            bail!("an outside candidate needs the reference backend loaded");
+        };
+        return run_candidate_job(model, l, job, text, settings, c, &dir, t0);
+    }
     let kinds: Vec<BackendKind> = match loaded.as_deref() {
         Some(l) => l.iter().map(|l| l.kind).collect(),
         None => vec![BackendKind::Torch, BackendKind::Mlx],
     };
     let mut cap = |o: &CaptureOptions| -> Result<()> {
         match loaded.as_deref_mut() {
-            Some(l) => capture_with(ModelRef::Csm(model), o, l)?,
-            None => crate::capture_run::capture(model, o)?,
+            Some(l) => capture_with(model, o, l)?,
+            None => crate::capture_run::capture_model(model, o)?,
         };
         Ok(())
     };
@@ -340,7 +407,7 @@ pub fn run_job(
         max_frames: settings.max_frames,
         speaker: settings.speaker,
         dtype: settings.dtype.name().into(),
-        model_sha256: model.weights.sha256.clone(),
+        model_sha256: model_sha256(model),
         shared: SharedMetrics {
             token_agreement: fin(ds.overall.token_agreement),
             steps: ds.overall.steps,
@@ -370,10 +437,185 @@ pub fn run_job(
             hist_b: sorted_hist(&dn.steps.tokens_b),
         },
         seconds: t0.elapsed().as_secs_f64(),
+        candidate: None,
     };
     if !settings.keep_runs {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(result)
+}
+
+/// One job with an outside candidate: the reference (the loaded backend, torch) captures with
+/// shared noise (f32 logits) and with native noise; the candidate's run comes from its command
+/// or its run directory. Shared metrics: the candidate against the reference's shared-noise
+/// capture — or, when the candidate used its own noise, against the reference's re-score of it
+/// (every step comparable; token agreement is then not measured). Native metrics: the token
+/// histograms of the reference's native-noise capture and of the candidate (independent
+/// draws either way).
+#[allow(clippy::too_many_arguments)]
+fn run_candidate_job(
+    model: ModelRef,
+    loaded: &mut [LoadedBackend],
+    job: &Job,
+    text: &str,
+    settings: &JobSettings,
+    source: &CandidateSource,
+    dir: &Path,
+    t0: Instant,
+) -> Result<JobResult> {
+    let kind = loaded[0].kind;
+    let opts = |noise: NoiseMode, sub: &str, logits: Storage| -> Result<CaptureOptions> {
+        Ok(CaptureOptions {
+            text: text.to_string(),
+            speaker: settings.speaker,
+            backends: vec![kind],
+            reference: kind,
+            sampler: SamplerSpec::new(job.temperature, job.top_k, noise, job.seed)?,
+            max_frames: settings.max_frames,
+            mode: Mode::Independent,
+            post: PostProcess::None,
+            dtype: settings.dtype,
+            logits,
+            probs: Storage::None,
+            out: dir.join(sub),
+            progress: false,
+            inject: None,
+            chat: false,
+            force: false,
+            audio: Default::default(),
+            codec_fault: None,
+        })
+    };
+    capture_with(
+        model,
+        &opts(NoiseMode::Shared, "shared", Storage::F32)?,
+        loaded,
+    )?;
+    let reference_dir = run_dir(&dir.join("shared"), kind);
+    let prompt_ids = Run::open(&reference_dir)?
+        .manifest()
+        .prompt
+        .token_ids
+        .clone();
+    let model_dir = model.dir().display().to_string();
+    let candidate = match source {
+        CandidateSource::Command(t) => run_candidate_cmd(
+            t,
+            &CandidateJob {
+                text,
+                seed: job.seed,
+                temperature: job.temperature,
+                top_k: job.top_k,
+                frames: settings.max_frames,
+                prompt_ids: &prompt_ids,
+                model_dir: &model_dir,
+            },
+            &dir.join("candidate"),
+        )?,
+        CandidateSource::Runs(d) => {
+            let p = d.join(job.key());
+            Run::open(&p).with_context(|| {
+                format!(
+                    "--candidate-runs {}: no complete run for this job at {}",
+                    d.display(),
+                    p.display()
+                )
+            })?
+        }
+    };
+    let s = &candidate.manifest().sampler;
+    if s.seed != job.seed
+        || s.top_k != job.top_k
+        || (s.temperature as f32) != (job.temperature as f32)
+    {
+        bail!(
+            "the candidate run {} was made with seed {} temp {} top-k {}, not the job's seed {} temp {} top-k {}",
+            candidate.dir().display(),
+            s.seed,
+            s.temperature,
+            s.top_k,
+            job.seed,
+            job.temperature,
+            job.top_k
+        );
+    }
+    let dopt = DiffOptions {
+        resamples: 0,
+        ..DiffOptions::default()
+    };
+    let judged = judge_candidate(
+        model,
+        &mut loaded[0],
+        &reference_dir,
+        &candidate,
+        &dir.join("rescored"),
+        &dopt,
+    )?;
+    capture_with(
+        model,
+        &opts(NoiseMode::Native, "native", Storage::None)?,
+        loaded,
+    )?;
+    let native_ref = Run::open(&run_dir(&dir.join("native"), kind))?;
+    let dn = analysis::compare(&native_ref, &candidate, &dopt)?;
+    let ds = &judged.diff;
+    let mut nonfinite: Vec<String> = [&native_ref, &candidate]
+        .iter()
+        .flat_map(|r| {
+            let m = r.manifest();
+            m.warnings
+                .iter()
+                .map(|w| format!("{}: {w}", m.backend.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    nonfinite.extend(
+        ds.nonfinite
+            .describe()
+            .into_iter()
+            .map(|w| format!("candidate vs reference: {w}")),
+    );
+    let t = &dn.overall.tokens;
+    let result = JobResult {
+        job: *job,
+        text: text.to_string(),
+        max_frames: settings.max_frames,
+        speaker: settings.speaker,
+        dtype: settings.dtype.name().into(),
+        model_sha256: model_sha256(model),
+        shared: SharedMetrics {
+            token_agreement: if judged.rescored {
+                None
+            } else {
+                fin(ds.overall.token_agreement)
+            },
+            steps: ds.overall.steps,
+            frames_compared: ds.frames_compared,
+            divergence: ds.divergence.point.map(|p| [p.frame, p.codebook]),
+            divergence_stage: ds.divergence.stage.map(|s| s.name().to_string()),
+            max_logit_diff: ds.overall.logits.as_ref().map(|l| l.max_abs.max),
+            nonfinite,
+        },
+        native: NativeMetrics {
+            hist_intersection: fin(t.hist_intersection),
+            jaccard: fin(t.jaccard),
+            weighted_jaccard: fin(t.weighted_jaccard),
+            kl_hist: fin(t.kl_hist),
+            js_hist: fin(t.js_hist),
+            chi_square_p: t.chi_square.as_ref().and_then(|c| c.p_value.and_then(fin)),
+            hist_a: sorted_hist(&dn.steps.tokens_a),
+            hist_b: sorted_hist(&dn.steps.tokens_b),
+        },
+        seconds: t0.elapsed().as_secs_f64(),
+        candidate: Some(CandidateInfo {
+            source: source.describe(),
+            noise: judged.noise,
+            rescored: judged.rescored,
+        }),
+    };
+    if !settings.keep_runs {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     Ok(result)
 }
@@ -388,7 +630,8 @@ pub fn load_job(dir: &Path, spec: &SweepSpec, job: &Job) -> Option<JobResult> {
         && r.max_frames == spec.max_frames
         && r.speaker == spec.speaker
         && r.dtype == spec.dtype
-        && r.model_sha256 == spec.model_sha256;
+        && r.model_sha256 == spec.model_sha256
+        && r.candidate.as_ref().map(|c| &c.source) == spec.candidate.as_ref();
     ok.then_some(r)
 }
 
@@ -447,13 +690,41 @@ pub fn run_sweep(
     shard: Option<Shard>,
     exec: &Execution,
 ) -> Result<(RunStats, Option<SweepResult>)> {
+    run_sweep_with(ModelRef::Csm(model), spec, dir, shard, exec, None)
+}
+
+/// [`run_sweep`] for either model kind, with the built-in MLX pipeline (`candidate` None) or an
+/// outside candidate as the pipeline under test (the reference is torch either way).
+pub fn run_sweep_with(
+    model: ModelRef,
+    spec: &SweepSpec,
+    dir: &Path,
+    shard: Option<Shard>,
+    exec: &Execution,
+    candidate: Option<&CandidateSource>,
+) -> Result<(RunStats, Option<SweepResult>)> {
     spec.validate()?;
+    if spec.candidate != candidate.map(|c| c.describe()) {
+        bail!("the sweep spec's candidate does not match the candidate given");
+    }
+    if let Some(CandidateSource::Command(t)) = candidate {
+        crate::gate_outside::check_template(t)?;
+    }
+    if let Some(CandidateSource::Runs(d)) = candidate {
+        if !d.is_dir() {
+            bail!("--candidate-runs {}: not a directory", d.display());
+        }
+    }
     let t0 = Instant::now();
-    let kinds = vec![BackendKind::Torch, BackendKind::Mlx];
+    let kinds = match candidate {
+        Some(_) => vec![BackendKind::Torch],
+        None => vec![BackendKind::Torch, BackendKind::Mlx],
+    };
     for k in &kinds {
         if !BackendKind::available().contains(k) {
             bail!(
-                "sweep needs both backends; this build lacks the `{}` feature (rebuild with default features)",
+                "sweep needs the {} backend; this build lacks the `{}` feature (rebuild with default features)",
+                k.name(),
                 k.name()
             );
         }
@@ -480,6 +751,7 @@ pub fn run_sweep(
         dtype,
         shared_logits: Storage::None,
         keep_runs: exec.keep_runs,
+        candidate: candidate.cloned(),
     };
     let bar = progress_bar(exec.progress, in_shard as u64, reused as u64);
     let work = dir.join("work");
@@ -492,18 +764,12 @@ pub fn run_sweep(
             let Some(job) = todo.get(i) else {
                 return Ok(());
             };
-            if loaded.is_none() && exec.reuse_backends {
-                loaded = Some(load_backends(ModelRef::Csm(model), &kinds, dtype)?);
+            if loaded.is_none() && (exec.reuse_backends || candidate.is_some()) {
+                loaded = Some(load_backends(model, &kinds, dtype)?);
             }
-            let r = run_job(
-                model,
-                loaded.as_deref_mut(),
-                job,
-                &spec.texts[job.text_index],
-                &settings,
-                &work,
-            )
-            .with_context(|| format!("sweep job {}", job.key()))?;
+            let text = &spec.texts[job.text_index];
+            let r = run_job(model, loaded.as_deref_mut(), job, text, &settings, &work)
+                .with_context(|| job_label(job, text))?;
             store_job(dir, &r)?;
             bar.inc(1);
         }
@@ -1092,6 +1358,7 @@ mod tests {
             dtype: "f32".into(),
             model_sha256: "x".into(),
             model_path: "m".into(),
+            candidate: None,
         }
     }
 
@@ -1138,6 +1405,7 @@ mod tests {
                         hist_b: hist(key ^ 0xBEEF, shift(job.temperature, job.top_k), 30),
                     },
                     seconds: 0.0,
+                    candidate: None,
                 }
             })
             .collect()

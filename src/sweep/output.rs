@@ -155,6 +155,12 @@ pub fn markdown(r: &SweepResult, plots: bool) -> String {
         sp.max_frames,
         r.cells.iter().map(|c| c.jobs).sum::<usize>()
     );
+    if let Some(c) = &sp.candidate {
+        let _ = writeln!(
+            s,
+            "Candidate: an outside pipeline (`{c}`) against the libtorch reference; jobs where it used its own noise were re-scored by the reference (shared-noise columns: its logits and probabilities at every step, no token agreement).\n"
+        );
+    }
     let _ = writeln!(s, "**{}**\n", r.best.sentence);
     let _ = writeln!(s, "Criterion: {}\n", r.criterion);
     let _ = writeln!(
