@@ -542,7 +542,7 @@ mod npy_order_tests {
     /// A version-1 .npy with the header dict `dict` and little-endian i32 `data`.
     fn npy_bytes(dict: &str, data: &[i32]) -> Vec<u8> {
         let mut h = dict.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');
