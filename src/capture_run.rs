@@ -1,10 +1,12 @@
 //! `capture`: both pipelines generate from the same text with the same seed; each writes a run
 //! directory (DESIGN §4) recording every step.
+use crate::backend::codec::{load_codec, Codec};
 use crate::backend::{self, Backend, BackendKind, FrameOutput, FrameRequest, Record};
 use crate::capture::{
     f32_precision, BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter,
     SamplerInfo, Storage, Timings,
 };
+use crate::capture::{AudioManifest, AudioWriter, CodecInfo};
 use crate::faults::Fault;
 use crate::model::{CsmModel, DType, Frames, LlamaModel};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
@@ -334,6 +336,25 @@ struct Track<'b> {
     nonfinite: NonFinite,
     /// Post-processed tokens of every frame (what the codec decodes).
     posted: Vec<Vec<i32>>,
+    /// The audio being decoded as the frames come (CSM with a codec).
+    audio: Option<AudioStream>,
+}
+
+/// Frames per streamed codec chunk in `capture` (2 s of audio): the codec decodes a track's
+/// frames as soon as this many are known to be audio, and the rest when the track ends.
+pub const AUDIO_CHUNK_FRAMES: usize = 25;
+
+/// A track's audio, streamed: its own library's codec writing `audio.wav`/`audio.npy`, and
+/// (every track but the reference) the reference's codec writing `audio_cross.npy`.
+struct AudioStream {
+    codec: Box<dyn Codec>,
+    out: AudioWriter,
+    info: CodecInfo,
+    cross: Option<(Box<dyn Codec>, AudioWriter, CodecInfo)>,
+    /// Frames decoded so far.
+    decoded: usize,
+    /// Codes outside the codebooks (decoded as 0).
+    invalid: usize,
 }
 
 /// Steps whose recorded logits / probs hold NaN or ±Inf.
@@ -397,6 +418,41 @@ impl Track<'_> {
         self.input = Frames::audio(&fed, vocab)?;
         self.sampled.push(out.sampled);
         self.fed.push(fed);
+        Ok(())
+    }
+
+    /// Decodes the frames known to be audio (every posted frame but an end-of-stream one) in
+    /// chunks of [`AUDIO_CHUNK_FRAMES`]; with `done`, also the last partial chunk. A codec
+    /// that cannot stream (the `non-causal-padding` fault) decodes everything at the end.
+    fn feed_audio(&mut self, done: bool) -> Result<()> {
+        let Some(a) = self.audio.as_mut() else {
+            return Ok(());
+        };
+        let avail = self.posted.len() - usize::from(self.stop == Some("eos"));
+        if !a.codec.can_stream() {
+            if done && avail > 0 {
+                let frames = &self.posted[..avail];
+                let d = a.codec.decode(frames)?;
+                a.out.push(&d.audio)?;
+                a.invalid += d.invalid_codes;
+                if let Some((rc, w, _)) = a.cross.as_mut() {
+                    w.push(&rc.decode(frames)?.audio)?;
+                }
+                a.decoded = avail;
+            }
+            return Ok(());
+        }
+        while avail - a.decoded >= AUDIO_CHUNK_FRAMES || (done && avail > a.decoded) {
+            let n = (avail - a.decoded).min(AUDIO_CHUNK_FRAMES);
+            let frames = &self.posted[a.decoded..a.decoded + n];
+            let d = a.codec.decode_stream(frames)?;
+            a.out.push(&d.audio)?;
+            a.invalid += d.invalid_codes;
+            if let Some((rc, w, _)) = a.cross.as_mut() {
+                w.push(&rc.decode_stream(frames)?.audio)?;
+            }
+            a.decoded += n;
+        }
         Ok(())
     }
 }
@@ -583,7 +639,14 @@ fn capture_locked(
             post,
             nonfinite: NonFinite::default(),
             posted: vec![],
+            audio: None,
         });
+    }
+    // Each pipeline's frames stream into its codec as they are produced.
+    if let Some(mimi) = &codec {
+        start_audio(mimi, &mut tracks, opts.codec_fault)?;
+    } else if let Some(f) = opts.codec_fault {
+        bail!("--inject-codec {f}: needs audio (a CSM model with a codec; not --no-audio)");
     }
     for t in tracks.iter_mut() {
         t.backend.reset(opts.sampler.seed)?;
@@ -612,6 +675,7 @@ fn capture_locked(
             let us = t0.elapsed().as_secs_f64() * 1e6;
             let fed = out.sampled.clone();
             first.push(model, out, fed, us, v)?;
+            first.feed_audio(false)?;
         }
         for t in rest.iter_mut() {
             if t.stop.is_some() {
@@ -669,6 +733,7 @@ fn capture_locked(
             };
             let us = t0.elapsed().as_secs_f64() * 1e6;
             t.push(model, out, fed, us, v)?;
+            t.feed_audio(false)?;
         }
         bar.inc(1);
         if tracks.iter().all(|t| t.stop.is_some()) {
@@ -690,9 +755,7 @@ fn capture_locked(
     let tokens_equal = (tracks.len() >= 2)
         .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
     if let Some(mimi) = &codec {
-        write_audio(mimi, &mut tracks, opts.codec_fault)?;
-    } else if let Some(f) = opts.codec_fault {
-        bail!("--inject-codec {f}: needs audio (a CSM model with a codec; not --no-audio)");
+        finish_audio(mimi, &mut tracks)?;
     }
     for mut t in tracks {
         let frames = t.sampled.len();
@@ -755,55 +818,90 @@ fn capture_locked(
     })
 }
 
-/// Decodes every track's post-processed frames (the end-of-stream frame is not audio) with its
-/// own library's codec, and every other track's frames with the reference's (first) codec too.
-fn write_audio(
+/// Starts each track's audio stream: its own library's codec (the `--inject-codec` fault in every
+/// track but the reference, whose codec stays clean) and, for every other track, a clean
+/// reference codec for the cross-decode.
+fn start_audio(
     mimi: &crate::model::mimi::MimiModel,
     tracks: &mut [Track],
     fault: Option<crate::backend::codec::CodecFault>,
 ) -> Result<()> {
-    use crate::backend::codec::load_codec;
-    use crate::capture::audio::CodecInfo;
     let rate = mimi.config.sampling_rate as u32;
-    let frames_of = |t: &Track| -> Vec<Vec<i32>> {
-        let n = t.posted.len() - usize::from(t.stop == Some("eos"));
-        t.posted[..n].to_vec()
-    };
-    let info = |c: &dyn crate::backend::codec::Codec| CodecInfo {
+    let info = |c: &dyn Codec| CodecInfo {
         name: "mimi".into(),
         path: mimi.dir.display().to_string(),
         sha256: mimi.weights.sha256.clone(),
         library: c.info().library_version,
     };
-    let mut reference: Option<(Box<dyn crate::backend::codec::Codec>, CodecInfo)> = None;
+    let reference = tracks.first().map(|t| t.kind);
+    for (i, t) in tracks.iter_mut().enumerate() {
+        let mut codec = load_codec(t.kind, mimi, DType::F32)?;
+        if let (Some(f), true) = (fault, i > 0) {
+            codec.inject(f)?;
+        }
+        codec.stream_reset();
+        let ci = info(codec.as_ref());
+        let out = AudioWriter::create(t.writer.partial_dir(), rate)?;
+        let cross = match (i, reference) {
+            (1.., Some(rk)) => {
+                let mut rc = load_codec(rk, mimi, DType::F32)?;
+                rc.stream_reset();
+                let rci = info(rc.as_ref());
+                Some((
+                    rc,
+                    AudioWriter::create_cross(t.writer.partial_dir(), rate)?,
+                    rci,
+                ))
+            }
+            _ => None,
+        };
+        t.audio = Some(AudioStream {
+            codec,
+            out,
+            info: ci,
+            cross,
+            decoded: 0,
+            invalid: 0,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes what is left of each track's frames (the end-of-stream frame is not audio), finishes
+/// its audio files and records them in its manifest.
+fn finish_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> Result<()> {
+    let rate = mimi.config.sampling_rate as u32;
     for t in tracks.iter_mut() {
-        let frames = frames_of(t);
-        if frames.is_empty() {
+        t.feed_audio(true)?;
+        let Some(a) = t.audio.take() else {
+            continue;
+        };
+        if a.decoded == 0 {
+            // Dropping the writers removes their temp files.
+            drop(a);
             t.writer
                 .warn("no audio: the first frame ended the stream (nothing to decode)".into());
             continue;
         }
-        let mut codec = load_codec(t.kind, mimi, DType::F32)?;
-        // The reference's (first) codec stays clean: it also cross-decodes.
-        if let (Some(f), true) = (fault, reference.is_some()) {
-            codec.inject(f)?;
+        let mut m = AudioManifest {
+            sample_rate: rate,
+            samples: a.out.finish()?,
+            codec: a.info,
+            undecodable_tokens: a.invalid,
+            frames_decoded: a.decoded,
+            cross_samples: None,
+            cross_codec: None,
+        };
+        if let Some((_, w, rci)) = a.cross {
+            m.cross_samples = Some(w.finish()?);
+            m.cross_codec = Some(rci);
         }
-        let d = codec.decode(&frames)?;
-        let ci = info(codec.as_ref());
-        t.writer
-            .write_audio(&d.audio, rate, ci.clone(), d.invalid_codes, frames.len())?;
-        if d.invalid_codes > 0 {
+        t.writer.set_audio(Some(m));
+        if a.invalid > 0 {
             t.writer.warn(format!(
                 "{} tokens outside the codec's codebooks (≥ {}) were decoded as code 0",
-                d.invalid_codes, mimi.config.codebook_size
+                a.invalid, mimi.config.codebook_size
             ));
-        }
-        match &mut reference {
-            None => reference = Some((codec, ci)),
-            Some((rc, rci)) => {
-                let x = rc.decode(&frames)?;
-                t.writer.write_audio_cross(&x.audio, rate, rci.clone())?;
-            }
         }
     }
     Ok(())

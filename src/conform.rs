@@ -72,6 +72,7 @@ pub fn read_npy_typed(path: &Path) -> Result<(Vec<usize>, Vec<f64>, bool)> {
         );
     }
     let npy = npyz::NpyFile::new(&bytes[..])?;
+    let fortran = npy.order() == npyz::Order::Fortran;
     let ctx = || format!("{}: cannot read the array", path.display());
     let (values, integer): (Vec<f64>, bool) = match &descr[1..] {
         "f4" => (
@@ -108,7 +109,41 @@ pub fn read_npy_typed(path: &Path) -> Result<(Vec<usize>, Vec<f64>, bool)> {
             true,
         ),
     };
+    // `fortran_order: True` (numpy writes a transposed array so): the values come in
+    // column-major order; every reader here indexes row-major.
+    let values = if fortran {
+        fortran_to_c(&shape, values)
+    } else {
+        values
+    };
     Ok((shape, values, integer))
+}
+
+/// Reorders the values of an array of `shape` stored in Fortran (column-major) order into C
+/// (row-major) order.
+pub fn fortran_to_c<T: Copy + Default>(shape: &[usize], values: Vec<T>) -> Vec<T> {
+    if shape.len() < 2 || values.is_empty() {
+        return values;
+    }
+    let mut strides = vec![1usize; shape.len()];
+    for d in (0..shape.len() - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let mut out = vec![T::default(); values.len()];
+    let mut idx = vec![0usize; shape.len()];
+    for v in values {
+        let at: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        out[at] = v;
+        // Fortran order: the first index varies fastest.
+        for d in 0..shape.len() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
 }
 
 /// Length of a .npy header (magic, version, header length field, header).
@@ -497,5 +532,93 @@ impl ConformReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod npy_order_tests {
+    use super::*;
+
+    /// A version-1 .npy with the header dict `dict` and little-endian i32 `data`.
+    fn npy_bytes(dict: &str, data: &[i32]) -> Vec<u8> {
+        let mut h = dict.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        for v in data {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn fortran_order_arrays_are_read_in_c_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // a = [[0, 1, 2], [3, 4, 5]] stored column by column (numpy's `a.T.copy().T`).
+        let f2 = dir.path().join("f2.npy");
+        std::fs::write(
+            &f2,
+            npy_bytes(
+                "{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3), }",
+                &[0, 3, 1, 4, 2, 5],
+            ),
+        )
+        .unwrap();
+        let (shape, v) = read_npy(&f2).unwrap();
+        assert_eq!(shape, vec![2, 3]);
+        assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        // The same array in C order reads the same.
+        let c2 = dir.path().join("c2.npy");
+        std::fs::write(
+            &c2,
+            npy_bytes(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }",
+                &[0, 1, 2, 3, 4, 5],
+            ),
+        )
+        .unwrap();
+        assert_eq!(read_npy(&c2).unwrap(), (shape, v));
+        // Three dimensions: b[i, j, k] = 100 i + 10 j + k, shape (2, 3, 2), column-major.
+        let mut data = vec![];
+        for k in 0..2 {
+            for j in 0..3 {
+                for i in 0..2 {
+                    data.push(100 * i + 10 * j + k);
+                }
+            }
+        }
+        let f3 = dir.path().join("f3.npy");
+        std::fs::write(
+            &f3,
+            npy_bytes(
+                "{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3, 2), }",
+                &data,
+            ),
+        )
+        .unwrap();
+        let (shape, v) = read_npy(&f3).unwrap();
+        assert_eq!(shape, vec![2, 3, 2]);
+        let want: Vec<f64> = (0..2)
+            .flat_map(|i| {
+                (0..3).flat_map(move |j| (0..2).map(move |k| (100 * i + 10 * j + k) as f64))
+            })
+            .collect();
+        assert_eq!(v, want);
+    }
+
+    #[test]
+    fn the_mimi_case_codes_read_as_numpy_sees_them() {
+        // codes.npy of the shared Mimi case is stored fortran_order; its rows are frames.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/conformance/mimi-tiny-transformers");
+        let (shape, v) = read_npy(&dir.join("codes.npy")).unwrap();
+        assert_eq!(shape, vec![20, 8]);
+        // numpy: list(np.load("codes.npy")[0])
+        let first_row = [1880.0, 1906.0, 1561.0, 1012.0, 1006.0, 1280.0, 8.0, 1239.0];
+        assert_eq!(&v[..8], &first_row[..]);
     }
 }

@@ -14,7 +14,7 @@ use crate::backend::{load_codec, BackendKind, Codec};
 use crate::conform::read_npy;
 use crate::model::mimi::MimiModel;
 use crate::model::DType;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -45,32 +45,6 @@ pub struct MimiCase {
     pub wave_codes: Vec<Vec<i32>>,
 }
 
-/// [`read_npy`] with the values in C (row-major) order also when the file is stored
-/// `fortran_order: True` (as numpy writes a transposed array).
-pub fn read_npy_c(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    let (shape, values) = read_npy(path)?;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let order = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("{}: not a .npy file", path.display()))?
-        .order();
-    if order == npyz::Order::C || shape.len() < 2 {
-        return Ok((shape, values));
-    }
-    let [rows, cols] = shape[..] else {
-        bail!(
-            "{}: Fortran-ordered arrays of {} dimensions are not supported",
-            path.display(),
-            shape.len()
-        );
-    };
-    let mut c = vec![0f64; values.len()];
-    for (k, v) in values.into_iter().enumerate() {
-        let (i, j) = (k % rows, k / rows);
-        c[i * cols + j] = v;
-    }
-    Ok((shape, c))
-}
-
 fn int_rows(path: &Path, shape: &[usize], values: &[f64]) -> Result<Vec<Vec<i32>>> {
     let [_, c] = shape[..] else {
         bail!("{}: expected shape [F, C], got {shape:?}", path.display());
@@ -99,12 +73,12 @@ impl MimiCase {
     pub fn load(dir: &Path, model: &MimiModel) -> Result<Self> {
         let cfg = &model.config;
         let file = |n: &str| dir.join(n);
-        let (cs, codes) = read_npy_c(&file("codes.npy"))?;
+        let (cs, codes) = read_npy(&file("codes.npy"))?;
         let codes = int_rows(&file("codes.npy"), &cs, &codes)?;
-        let (as_, audio) = read_npy_c(&file("audio.npy"))?;
-        let (ws, wave) = read_npy_c(&file("wave.npy"))?;
-        let (ls, latents) = read_npy_c(&file("latents.npy"))?;
-        let (wcs, wave_codes) = read_npy_c(&file("wave_codes.npy"))?;
+        let (as_, audio) = read_npy(&file("audio.npy"))?;
+        let (ws, wave) = read_npy(&file("wave.npy"))?;
+        let (ls, latents) = read_npy(&file("latents.npy"))?;
+        let (wcs, wave_codes) = read_npy(&file("wave_codes.npy"))?;
         let wave_codes = int_rows(&file("wave_codes.npy"), &wcs, &wave_codes)?;
         let spf = cfg.samples_per_frame();
         if cs[1] > cfg.num_quantizers || cs[1] < cfg.num_semantic_quantizers {

@@ -77,6 +77,21 @@ pub trait Codec {
     /// Decodes code frames `[F][C]` (C ≤ the codec's codebooks, at least the semantic ones)
     /// in one pass, as transformers' `MimiModel.decode` does.
     fn decode(&mut self, codes: &[Vec<i32>]) -> Result<Decoded>;
+    /// Forgets the state of a streamed decode: the next [`Codec::decode_stream`] starts a new
+    /// stream (audio position 0).
+    fn stream_reset(&mut self);
+    /// Streamed decode: decodes the next frames `[F][C]` of the current stream and returns
+    /// their `F × samples_per_frame` samples. Every causal layer keeps what it needs of the
+    /// earlier frames (the convs' last inputs, the transposed convs' pending outputs, the
+    /// decoder transformer's last `sliding_window − 1` keys and values, the position), so the
+    /// chunks' audio laid end to end equals [`Codec::decode`] of all the frames at once (within
+    /// float rounding), whatever the chunking; the state does not grow with the stream. All
+    /// chunks of a stream have the same number of codebooks.
+    fn decode_stream(&mut self, codes: &[Vec<i32>]) -> Result<Decoded>;
+    /// Whether [`Codec::decode_stream`] works (not under an injected non-causal fault).
+    fn can_stream(&self) -> bool {
+        true
+    }
     /// Encodes mono samples at the codec's rate: latents and codes of every codebook.
     fn encode(&mut self, wave: &[f32]) -> Result<Encoded>;
     /// Injects a known codec porting bug (MLX only; the reference refuses).
@@ -111,6 +126,23 @@ pub fn check_codes(
     Ok((f, c, flat, bad))
 }
 
+/// Checks that a streamed decode can continue with frames of `codebooks` codes: the stream's
+/// codebook count (when one has begun) is kept, and the codec's transposed convs trim all
+/// their padding on the right (`trim_right_ratio` 1, as Mimi's): a left trim would need outputs
+/// the next frames have not yet made.
+pub fn check_stream(cfg: &MimiConfig, stream: Option<usize>, codebooks: usize) -> Result<()> {
+    if cfg.trim_right_ratio != 1.0 {
+        bail!(
+            "codec streaming: trim_right_ratio is {} (streaming needs 1.0: every transposed conv trims on the right); decode the whole sequence instead",
+            cfg.trim_right_ratio
+        );
+    }
+    if let Some(s) = stream.filter(|&s| s != codebooks) {
+        bail!("codec streaming: frames of {codebooks} codes continue a stream of {s} codes (call stream_reset to start a new stream)");
+    }
+    Ok(())
+}
+
 /// Checks an encode request: a non-empty, finite waveform.
 pub fn check_wave(wave: &[f32]) -> Result<()> {
     if wave.is_empty() {
@@ -138,5 +170,22 @@ pub fn load_codec(kind: BackendKind, model: &MimiModel, dtype: DType) -> Result<
                 other.name()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_keeps_its_codebooks_and_needs_right_trimmed_transposed_convs() {
+        let mut cfg = MimiConfig::tiny(8);
+        assert!(check_stream(&cfg, None, 8).is_ok());
+        assert!(check_stream(&cfg, Some(8), 8).is_ok());
+        let e = check_stream(&cfg, Some(8), 4).unwrap_err().to_string();
+        assert!(e.contains("4 codes") && e.contains("8 codes"), "{e}");
+        cfg.trim_right_ratio = 0.5;
+        let e = check_stream(&cfg, None, 8).unwrap_err().to_string();
+        assert!(e.contains("trim_right_ratio"), "{e}");
     }
 }

@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bisect;
 pub mod capture;
+pub mod codec_cmds;
 pub mod common;
 pub mod diff;
 pub mod gate;
@@ -53,6 +54,12 @@ pub enum Command {
     /// Feed the reference exactly the tokens a run fed its model and record its logits and
     /// probs at every step: a run aligned with RUN (docs/outside-ports.md).
     Rescore(rescore::RescoreArgs),
+    /// Encode a 24 kHz mono WAV into Mimi codes [frames, codebooks] (.npy) with one backend's
+    /// codec (docs/codec.md).
+    Encode(codec_cmds::EncodeArgs),
+    /// Decode Mimi codes [frames, codebooks] (.npy) into a WAV file with one backend's codec,
+    /// streamed chunk by chunk (docs/codec.md).
+    Decode(codec_cmds::DecodeArgs),
 }
 
 /// Parses the command line, runs the command, returns the process exit code.
@@ -72,6 +79,8 @@ pub fn main() -> i32 {
         Command::Gate(a) => gate::run(a),
         Command::Noise(a) => noise::run(a),
         Command::Rescore(a) => rescore::run(a),
+        Command::Encode(a) => codec_cmds::run_encode(a),
+        Command::Decode(a) => codec_cmds::run_decode(a),
     };
     match result {
         Ok(code) => code,

@@ -3,14 +3,16 @@
 //! `fast::layer_norm`, `fast::rope` (split halves), `fast::scaled_dot_product_attention` with a
 //! sliding-window mask; one lazy graph per call, evaluated once.
 use super::stack::{mlx_dtype, to_array};
-use crate::backend::codec::{check_codes, check_wave, Codec, CodecFault, Decoded, Encoded};
+use crate::backend::codec::{
+    check_codes, check_stream, check_wave, Codec, CodecFault, Decoded, Encoded,
+};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
     conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
     ConvSpec, MimiConfig, MimiModel, PadMode, SeanetLayer,
 };
 use crate::model::DType;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::{argmin_axis, take_axis};
 use mlx_rs::ops::{concatenate, conv1d, conv_transpose1d, pad, stack};
@@ -22,6 +24,12 @@ struct Faults {
     non_causal: bool,
     no_window: bool,
     tanh_gelu: bool,
+}
+
+/// Steps `start..end` of x along its time axis (1).
+fn time_range(x: &Array, start: i32, end: i32) -> Result<Array> {
+    let idx = Array::arange::<i32, i32>(start, end, None)?;
+    Ok(take_axis(x, &idx, 1)?)
 }
 
 /// A causal conv (weights `[out, k, in]`, MLX's layout).
@@ -66,6 +74,42 @@ impl Conv {
         let widths = [(0, 0), (left as i32, right as i32), (0, 0)];
         let x = pad(x, &widths[..], None::<Array>, mode)?;
         let y = conv1d(&x, &self.w, self.stride as i32, 0, self.dilation as i32, 1)?;
+        Ok(match &self.b {
+            Some(b) => y.add(b)?,
+            None => y,
+        })
+    }
+
+    /// Streaming (stride 1): x [1, n, in] → [1, n, out], continuing the input kept in `state`
+    /// (the last `kernel − 1` input steps; at the start, the causal left padding).
+    fn step(&self, x: &Array, state: &mut Option<Array>) -> Result<Array> {
+        let ctx = (self.kernel - self.stride) as i32;
+        if ctx == 0 {
+            return self.forward(x, Faults::default());
+        }
+        let prev = match state.take() {
+            Some(p) => p,
+            None => {
+                let widths = [(0, 0), (ctx, 0), (0, 0)];
+                let mode = match self.pad_mode {
+                    PadMode::Constant => mlx_rs::ops::PadMode::Constant,
+                    PadMode::Replicate => mlx_rs::ops::PadMode::Edge,
+                };
+                // The left padding alone: x padded, then x cut off again.
+                time_range(&pad(x, &widths[..], None::<Array>, mode)?, 0, ctx)?
+            }
+        };
+        let xin = concatenate(&[prev, x.clone()], 1)?;
+        let len = xin.dim(1);
+        *state = Some(time_range(&xin, len - ctx, len)?);
+        let y = conv1d(
+            &xin,
+            &self.w,
+            self.stride as i32,
+            0,
+            self.dilation as i32,
+            1,
+        )?;
         Ok(match &self.b {
             Some(b) => y.add(b)?,
             None => y,
@@ -141,6 +185,34 @@ impl ConvTranspose {
         let keep = Array::arange::<i32, i32>(left as i32, len - right as i32, None)?;
         Ok(take_axis(&y, &keep, 1)?)
     }
+
+    /// Streaming: x [1, n, in] → [1, n · stride, out]. The last `kernel − stride` outputs still
+    /// miss the next input's contribution: they are kept in `state` (without the bias) and
+    /// added to the next chunk's first outputs.
+    fn step(&self, x: &Array, state: &mut Option<Array>) -> Result<Array> {
+        let y = conv_transpose1d(x, &self.w, self.stride as i32, 0, 1, 0, self.groups as i32)?;
+        let ov = (self.kernel - self.stride) as i32;
+        let len = y.dim(1);
+        let emit = len - ov;
+        let y = match state.take() {
+            Some(partial) => {
+                let widths = [(0, 0), (0, emit), (0, 0)];
+                y.add(pad(
+                    &partial,
+                    &widths[..],
+                    None::<Array>,
+                    mlx_rs::ops::PadMode::Constant,
+                )?)?
+            }
+            None => y,
+        };
+        *state = Some(time_range(&y, emit, len)?);
+        let out = time_range(&y, 0, emit)?;
+        Ok(match &self.b {
+            Some(b) => out.add(b)?,
+            None => out,
+        })
+    }
 }
 
 enum Layer {
@@ -190,6 +262,40 @@ impl Seanet {
                 Layer::ConvTranspose(conv) => conv.forward(&elu(&h)?, f)?,
                 Layer::Residual(c1, c2) => {
                     h.add(c2.forward(&elu(&c1.forward(&elu(&h)?, f)?)?, f)?)?
+                }
+            };
+        }
+        Ok(h)
+    }
+
+    /// How many streaming states [`Seanet::step`] keeps (one per conv).
+    fn state_slots(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                if matches!(l, Layer::Residual(..)) {
+                    2
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+
+    /// Streaming [`Seanet::forward`]: `states` holds one slot per conv, in order.
+    fn step(&self, x: &Array, states: &mut [Option<Array>]) -> Result<Array> {
+        let mut h = x.clone();
+        let mut slot = states.iter_mut();
+        let mut next = || slot.next().expect("one state per conv");
+        for layer in &self.layers {
+            h = match layer {
+                Layer::Conv { conv, elu: e } => {
+                    conv.step(&if *e { elu(&h)? } else { h }, next())?
+                }
+                Layer::ConvTranspose(conv) => conv.step(&elu(&h)?, next())?,
+                Layer::Residual(c1, c2) => {
+                    let inner = elu(&c1.step(&elu(&h)?, next())?)?;
+                    h.add(c2.step(&inner, next())?)?
                 }
             };
         }
@@ -266,23 +372,24 @@ impl Transformer {
         })
     }
 
-    /// Split-half RoPE at positions 0..L on x [1, H, L, hd].
-    fn rope(&self, x: &Array) -> Result<Array> {
+    /// Split-half RoPE at positions `start..start + L` on x [1, H, L, hd].
+    fn rope(&self, x: &Array, start: i32) -> Result<Array> {
         Ok(fast::rope(
             x,
             self.head_dim,
             false,
             self.rope_theta,
             1.0,
-            0,
+            start,
             None::<&Array>,
         )?)
     }
 
-    /// Additive mask [L, L]: −∞ for later keys and for those `window` or more before the query.
-    fn attention_mask(&self, l: i32, f: Faults) -> Result<Array> {
-        let q = Array::arange::<i32, i32>(0, l, None)?.reshape(&[l, 1])?;
-        let k = Array::arange::<i32, i32>(0, l, None)?.reshape(&[1, l])?;
+    /// Additive mask [L, cached + L] for `l` queries preceded by `cached` kept keys: −∞ for
+    /// later keys and for those `window` or more before the query.
+    fn attention_mask(&self, l: i32, cached: i32, f: Faults) -> Result<Array> {
+        let q = Array::arange::<i32, i32>(cached, cached + l, None)?.reshape(&[l, 1])?;
+        let k = Array::arange::<i32, i32>(0, cached + l, None)?.reshape(&[1, cached + l])?;
         let mut hidden = k.gt(&q)?;
         if !f.no_window {
             let too_old =
@@ -294,14 +401,33 @@ impl Transformer {
         Ok(mlx_rs::ops::select(&hidden, &neg, &zero)?)
     }
 
-    /// x: [1, L, D] → [1, L, D].
+    /// x: [1, L, D] → [1, L, D], the whole sequence at positions 0..L.
     fn forward(&self, x: &Array, f: Faults) -> Result<Array> {
+        self.attend(x, 0, None, f)
+    }
+
+    /// x: [1, L, D] at positions `start..start + L` → [1, L, D]. With `cache` (streaming), the
+    /// queries also see the keys and values kept from earlier calls (one `(k, v)` per layer,
+    /// after RoPE), and the cache keeps the last `window − 1` of them for the next call.
+    fn attend(
+        &self,
+        x: &Array,
+        start: i32,
+        mut cache: Option<&mut Vec<(Array, Array)>>,
+        f: Faults,
+    ) -> Result<Array> {
         let l = x.dim(1);
         let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let mask = self.attention_mask(l, f)?.as_dtype(x.dtype())?;
+        let cached = cache
+            .as_ref()
+            .and_then(|c| c.first())
+            .map_or(0, |(k, _)| k.dim(2));
+        let window = if f.no_window { usize::MAX } else { self.window };
+        let keep = (cached + l).min(window.saturating_sub(1).min(i32::MAX as usize) as i32);
+        let mask = self.attention_mask(l, cached, f)?.as_dtype(x.dtype())?;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut h = x.clone();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let xn = fast::layer_norm(&h, &layer.norm1.0, &layer.norm1.1, self.eps)?;
             let split = |w: &Array, n: i32| -> Result<Array> {
                 Ok(xn
@@ -309,9 +435,23 @@ impl Transformer {
                     .reshape(&[1, l, n, hd])?
                     .transpose_axes(&[0, 2, 1, 3])?)
             };
-            let q = self.rope(&split(&layer.q_t, nh)?)?;
-            let k = self.rope(&split(&layer.k_t, nkv)?)?;
-            let v = split(&layer.v_t, nkv)?;
+            let q = self.rope(&split(&layer.q_t, nh)?, start)?;
+            let mut k = self.rope(&split(&layer.k_t, nkv)?, start)?;
+            let mut v = split(&layer.v_t, nkv)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((ck, cv)) = cache.get(i) {
+                    k = concatenate(&[ck.clone(), k], 2)?;
+                    v = concatenate(&[cv.clone(), v], 2)?;
+                }
+                let n = k.dim(2);
+                let idx = Array::arange::<i32, i32>(n - keep, n, None)?;
+                let kept = (take_axis(&k, &idx, 2)?, take_axis(&v, &idx, 2)?);
+                if i < cache.len() {
+                    cache[i] = kept;
+                } else {
+                    cache.push(kept);
+                }
+            }
             let attn = fast::scaled_dot_product_attention(
                 &q,
                 &k,
@@ -439,6 +579,36 @@ pub struct MlxMimi {
     dtype: DType,
     faults: Faults,
     fault: Option<CodecFault>,
+    stream: Option<MlxStream>,
+}
+
+/// The state of a streamed decode ([`Codec::decode_stream`]): what each causal layer keeps
+/// from the frames already decoded. Its size does not grow with the stream.
+struct MlxStream {
+    /// Codebooks per frame (fixed for the stream).
+    codebooks: usize,
+    /// The upsample's pending outputs.
+    upsample: Option<Array>,
+    /// Per decoder-transformer layer: the last `window − 1` keys and values.
+    kv: Vec<(Array, Array)>,
+    /// Position of the next transformer step.
+    position: i32,
+    /// One slot per SEANet decoder conv.
+    decoder: Vec<Option<Array>>,
+}
+
+impl MlxStream {
+    /// Evaluates every kept array, so the next chunk's graph starts from values.
+    fn eval(&self) -> Result<()> {
+        let mut all: Vec<&Array> = self.upsample.iter().collect();
+        for (k, v) in &self.kv {
+            all.push(k);
+            all.push(v);
+        }
+        all.extend(self.decoder.iter().flatten());
+        mlx_rs::transforms::eval(all)?;
+        Ok(())
+    }
 }
 
 impl MlxMimi {
@@ -471,7 +641,21 @@ impl MlxMimi {
             dtype,
             faults: Faults::default(),
             fault: None,
+            stream: None,
         })
+    }
+
+    /// The quantized latents [1, F, hidden] of code frames (flat [F × C], sanitized).
+    fn dequantize(&self, f: usize, c: usize, flat: &[i32]) -> Result<Array> {
+        let codes = Array::from_slice(flat, &[f as i32, c as i32]);
+        let [sem, aco] = &self.quantizers;
+        let mut z = sem
+            .decode(&codes)?
+            .expect("at least the semantic codebooks");
+        if let Some(a) = aco.decode(&codes)? {
+            z = z.add(&a)?;
+        }
+        Ok(z.expand_dims(0)?)
     }
 }
 
@@ -494,15 +678,8 @@ impl Codec for MlxMimi {
                 invalid_codes,
             });
         }
-        let codes = Array::from_slice(&flat, &[f as i32, c as i32]);
-        let [sem, aco] = &self.quantizers;
-        let mut z = sem
-            .decode(&codes)?
-            .expect("at least the semantic codebooks");
-        if let Some(a) = aco.decode(&codes)? {
-            z = z.add(&a)?;
-        }
-        let x = self.upsample.forward(&z.expand_dims(0)?, self.faults)?; // [1, 2F, D]
+        let z = self.dequantize(f, c, &flat)?;
+        let x = self.upsample.forward(&z, self.faults)?; // [1, 2F, D]
         let x = self.decoder_transformer.forward(&x, self.faults)?;
         let audio = self
             .decoder
@@ -511,6 +688,54 @@ impl Codec for MlxMimi {
             .as_dtype(Dtype::Float32)?;
         audio.eval()?;
         // The one host copy of the audio.
+        Ok(Decoded {
+            audio: audio.as_slice::<f32>().to_vec(),
+            invalid_codes,
+        })
+    }
+
+    fn stream_reset(&mut self) {
+        self.stream = None;
+    }
+
+    fn can_stream(&self) -> bool {
+        !self.faults.non_causal
+    }
+
+    fn decode_stream(&mut self, codes: &[Vec<i32>]) -> Result<Decoded> {
+        if self.faults.non_causal {
+            bail!("codec streaming: the non-causal-padding fault cannot stream (it needs later frames); decode the whole sequence");
+        }
+        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        if f == 0 {
+            return Ok(Decoded {
+                audio: vec![],
+                invalid_codes,
+            });
+        }
+        check_stream(&self.cfg, self.stream.as_ref().map(|s| s.codebooks), c)?;
+        let z = self.dequantize(f, c, &flat)?;
+        let slots = self.decoder.state_slots();
+        let st = self.stream.get_or_insert_with(|| MlxStream {
+            codebooks: c,
+            upsample: None,
+            kv: Vec::new(),
+            position: 0,
+            decoder: (0..slots).map(|_| None).collect(),
+        });
+        let x = self.upsample.step(&z, &mut st.upsample)?; // [1, 2F, D]
+        let n = x.dim(1);
+        let x = self
+            .decoder_transformer
+            .attend(&x, st.position, Some(&mut st.kv), self.faults)?;
+        st.position += n;
+        let audio = self
+            .decoder
+            .step(&x, &mut st.decoder)?
+            .reshape(&[-1])?
+            .as_dtype(Dtype::Float32)?;
+        audio.eval()?;
+        st.eval()?;
         Ok(Decoded {
             audio: audio.as_slice::<f32>().to_vec(),
             invalid_codes,

@@ -2,7 +2,7 @@
 //! (channels-first `[1, C, L]`): split RVQ → grouped transposed-conv upsample → decoder
 //! transformer → SEANet decoder, and the mirror image for encoding.
 use super::stack::{kind_of, to_tensor};
-use crate::backend::codec::{check_codes, check_wave, Codec, Decoded, Encoded};
+use crate::backend::codec::{check_codes, check_stream, check_wave, Codec, Decoded, Encoded};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
     conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
@@ -46,6 +46,30 @@ impl Conv {
         };
         let x = x.pad([left as i64, right as i64], mode, None::<f64>);
         x.conv1d(
+            &self.w,
+            self.b.as_ref(),
+            [self.stride as i64],
+            [0],
+            [self.dilation as i64],
+            1,
+        )
+    }
+
+    /// Streaming (stride 1): x [1, in, n] → [1, out, n], continuing the input kept in `state`
+    /// (the last `kernel − 1` input steps; at the start, the causal left padding).
+    fn step(&self, x: &Tensor, state: &mut Option<Tensor>) -> Tensor {
+        let ctx = (self.kernel - self.stride) as i64;
+        let prev = state.take().unwrap_or_else(|| {
+            let (_, c, _) = x.size3().unwrap();
+            match self.pad_mode {
+                PadMode::Constant => Tensor::zeros([1, c, ctx], (x.kind(), x.device())),
+                PadMode::Replicate => x.narrow(2, 0, 1).expand([1, c, ctx], false),
+            }
+        });
+        let xin = Tensor::cat(&[prev, x.shallow_clone()], 2);
+        let len = xin.size()[2];
+        *state = Some(xin.narrow(2, len - ctx, ctx).contiguous());
+        xin.conv1d(
             &self.w,
             self.b.as_ref(),
             [self.stride as i64],
@@ -102,6 +126,33 @@ impl ConvTranspose {
         let len = y.size()[2];
         y.narrow(2, left as i64, len - (left + right) as i64)
     }
+
+    /// Streaming: x [1, in, n] → [1, out, n · stride]. The last `kernel − stride` outputs still
+    /// miss the next input's contribution: they are kept in `state` (without the bias) and
+    /// added to the next chunk's first outputs.
+    fn step(&self, x: &Tensor, state: &mut Option<Tensor>) -> Tensor {
+        let y = x.conv_transpose1d(
+            &self.w,
+            self.b.as_ref(),
+            [self.stride as i64],
+            [0],
+            [0],
+            self.groups as i64,
+            [1],
+        );
+        let ov = (self.kernel - self.stride) as i64;
+        let emit = y.size()[2] - ov;
+        if let Some(partial) = state.take() {
+            let mut head = y.narrow(2, 0, ov);
+            let _ = head.g_add_(&partial);
+        }
+        let tail = y.narrow(2, emit, ov);
+        *state = Some(match &self.b {
+            Some(b) => tail - b.view([1, -1, 1]),
+            None => tail.copy(),
+        });
+        y.narrow(2, 0, emit)
+    }
 }
 
 enum Layer {
@@ -145,6 +196,38 @@ impl Seanet {
                 Layer::Conv { conv, elu } => conv.forward(&if *elu { h.elu() } else { h }),
                 Layer::ConvTranspose(conv) => conv.forward(&h.elu()),
                 Layer::Residual(c1, c2) => &h + c2.forward(&c1.forward(&h.elu()).elu()),
+            };
+        }
+        h
+    }
+
+    /// How many streaming states [`Seanet::step`] keeps (one per conv).
+    fn state_slots(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                if matches!(l, Layer::Residual(..)) {
+                    2
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+
+    /// Streaming [`Seanet::forward`]: `states` holds one slot per conv, in order.
+    fn step(&self, x: &Tensor, states: &mut [Option<Tensor>]) -> Tensor {
+        let mut h = x.shallow_clone();
+        let mut slot = states.iter_mut();
+        let mut next = || slot.next().expect("one state per conv");
+        for layer in &self.layers {
+            h = match layer {
+                Layer::Conv { conv, elu } => conv.step(&if *elu { h.elu() } else { h }, next()),
+                Layer::ConvTranspose(conv) => conv.step(&h.elu(), next()),
+                Layer::Residual(c1, c2) => {
+                    let inner = c1.step(&h.elu(), next()).elu();
+                    &h + c2.step(&inner, next())
+                }
             };
         }
         h
@@ -213,10 +296,10 @@ impl Transformer {
         }
     }
 
-    /// Split-half RoPE at positions 0..L on x [1, H, L, hd].
-    fn rope(&self, x: &Tensor) -> Tensor {
+    /// Split-half RoPE at positions `start..start + L` on x [1, H, L, hd].
+    fn rope(&self, x: &Tensor, start: i64) -> Tensor {
         let (_, _, l, hd) = x.size4().unwrap();
-        let pos = Tensor::arange(l, (Kind::Float, Device::Cpu));
+        let pos = Tensor::arange_start(start, start + l, (Kind::Float, Device::Cpu));
         let angles = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [L, hd/2]
         let (cos, sin) = (angles.cos(), angles.sin());
         let xf = x.to_kind(Kind::Float);
@@ -226,22 +309,40 @@ impl Transformer {
         Tensor::cat(&[out1, out2], -1).to_kind(x.kind())
     }
 
-    /// Which keys each query may not see: later ones, and those `window` or more before it.
-    fn attention_mask(&self, l: i64) -> Tensor {
-        let q = Tensor::arange(l, (Kind::Int64, Device::Cpu)).unsqueeze(1);
-        let k = Tensor::arange(l, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    /// Which keys each of `l` queries may not see, when `cached` keys precede the queries' own:
+    /// later ones, and those `window` or more before it. [l, cached + l].
+    fn attention_mask(&self, l: i64, cached: i64) -> Tensor {
+        let q = Tensor::arange_start(cached, cached + l, (Kind::Int64, Device::Cpu)).unsqueeze(1);
+        let k = Tensor::arange(cached + l, (Kind::Int64, Device::Cpu)).unsqueeze(0);
         let later = k.gt_tensor(&q);
-        let too_old = k.le_tensor(&(q - self.window as i64));
+        let too_old = k.le_tensor(&(q - self.window.min(i64::MAX as usize) as i64));
         later.logical_or(&too_old)
     }
 
-    /// x: [1, L, D] → [1, L, D].
+    /// x: [1, L, D] → [1, L, D], the whole sequence at positions 0..L.
     fn forward(&self, x: &Tensor) -> Tensor {
+        self.attend(x, 0, None)
+    }
+
+    /// x: [1, L, D] at positions `start..start + L` → [1, L, D]. With `cache` (streaming), the
+    /// queries also see the keys and values kept from earlier calls (one `(k, v)` per layer,
+    /// after RoPE), and the cache keeps the last `window − 1` of them for the next call.
+    fn attend(
+        &self,
+        x: &Tensor,
+        start: i64,
+        mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let (_, l, d) = x.size3().unwrap();
         let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let mask = self.attention_mask(l);
+        let cached = cache
+            .as_ref()
+            .and_then(|c| c.first())
+            .map_or(0, |(k, _)| k.size()[2]);
+        let keep = (cached + l).min(self.window.saturating_sub(1).min(i64::MAX as usize) as i64);
+        let mask = self.attention_mask(l, cached);
         let mut h = x.shallow_clone();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let xn = h.layer_norm(
                 [d],
                 Some(&layer.norm1.0),
@@ -254,9 +355,22 @@ impl Transformer {
                     .view([1, l, n, hd])
                     .transpose(1, 2)
             };
-            let q = self.rope(&split(&layer.q, nh));
-            let k = self.rope(&split(&layer.k, nkv));
-            let v = split(&layer.v, nkv);
+            let q = self.rope(&split(&layer.q, nh), start);
+            let mut k = self.rope(&split(&layer.k, nkv), start);
+            let mut v = split(&layer.v, nkv);
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((ck, cv)) = cache.get(i) {
+                    k = Tensor::cat(&[ck, &k], 2);
+                    v = Tensor::cat(&[cv, &v], 2);
+                }
+                let n = k.size()[2];
+                let kept = (k.narrow(2, n - keep, keep), v.narrow(2, n - keep, keep));
+                if i < cache.len() {
+                    cache[i] = kept;
+                } else {
+                    cache.push(kept);
+                }
+            }
             let (k, v) = if nh > nkv {
                 (
                     k.repeat_interleave_self_int(nh / nkv, 1, None::<i64>),
@@ -386,6 +500,22 @@ pub struct TorchMimi {
     decoder: Seanet,
     kind: Kind,
     dtype: DType,
+    stream: Option<TorchStream>,
+}
+
+/// The state of a streamed decode ([`Codec::decode_stream`]): what each causal layer keeps
+/// from the frames already decoded. Its size does not grow with the stream.
+struct TorchStream {
+    /// Codebooks per frame (fixed for the stream).
+    codebooks: usize,
+    /// The upsample's pending outputs.
+    upsample: Option<Tensor>,
+    /// Per decoder-transformer layer: the last `window − 1` keys and values.
+    kv: Vec<(Tensor, Tensor)>,
+    /// Position of the next transformer step.
+    position: i64,
+    /// One slot per SEANet decoder conv.
+    decoder: Vec<Option<Tensor>>,
 }
 
 impl TorchMimi {
@@ -417,7 +547,21 @@ impl TorchMimi {
             cfg,
             kind,
             dtype,
+            stream: None,
         })
+    }
+
+    /// The quantized latents [1, hidden, F] of code frames (flat [F × C], sanitized).
+    fn dequantize(&self, f: usize, c: usize, flat: &[i32]) -> Tensor {
+        let codes = Tensor::from_slice(flat)
+            .view([f as i64, c as i64])
+            .to_kind(Kind::Int64);
+        let [sem, aco] = &self.quantizers;
+        let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
+        if let Some(a) = aco.decode(&codes) {
+            z = std::ops::Add::add(z, a);
+        }
+        z.transpose(0, 1).unsqueeze(0)
     }
 }
 
@@ -439,21 +583,54 @@ impl Codec for TorchMimi {
                 invalid_codes,
             });
         }
-        let codes = Tensor::from_slice(&flat)
-            .view([f as i64, c as i64])
-            .to_kind(Kind::Int64);
-        let [sem, aco] = &self.quantizers;
-        let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
-        if let Some(a) = aco.decode(&codes) {
-            z = std::ops::Add::add(z, a);
-        }
-        let x = self.upsample.forward(&z.transpose(0, 1).unsqueeze(0)); // [1, D, 2F]
+        let x = self.upsample.forward(&self.dequantize(f, c, &flat)); // [1, D, 2F]
         let x = self
             .decoder_transformer
             .forward(&x.transpose(1, 2))
             .transpose(1, 2);
         let audio = self.decoder.forward(&x).reshape([-1]).to_kind(Kind::Float);
         // The one host copy of the audio.
+        Ok(Decoded {
+            audio: Vec::<f32>::try_from(audio)?,
+            invalid_codes,
+        })
+    }
+
+    fn stream_reset(&mut self) {
+        self.stream = None;
+    }
+
+    fn decode_stream(&mut self, codes: &[Vec<i32>]) -> Result<Decoded> {
+        let _guard = tch::no_grad_guard();
+        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        if f == 0 {
+            return Ok(Decoded {
+                audio: vec![],
+                invalid_codes,
+            });
+        }
+        check_stream(&self.cfg, self.stream.as_ref().map(|s| s.codebooks), c)?;
+        let z = self.dequantize(f, c, &flat);
+        let slots = self.decoder.state_slots();
+        let st = self.stream.get_or_insert_with(|| TorchStream {
+            codebooks: c,
+            upsample: None,
+            kv: Vec::new(),
+            position: 0,
+            decoder: (0..slots).map(|_| None).collect(),
+        });
+        let x = self.upsample.step(&z, &mut st.upsample); // [1, D, 2F]
+        let n = x.size()[2];
+        let x = self
+            .decoder_transformer
+            .attend(&x.transpose(1, 2), st.position, Some(&mut st.kv))
+            .transpose(1, 2);
+        st.position += n;
+        let audio = self
+            .decoder
+            .step(&x, &mut st.decoder)
+            .reshape([-1])
+            .to_kind(Kind::Float);
         Ok(Decoded {
             audio: Vec::<f32>::try_from(audio)?,
             invalid_codes,
