@@ -304,7 +304,7 @@ fn legends_sit_outside_the_data() {
         let rects = svg_rects(svg);
         let data: Vec<_> = rects
             .iter()
-            .filter(|r| r.4 != "#FFFFFF" && r.4 != "#000000" && !(r.2 >= 999.0))
+            .filter(|r| r.4 != "#FFFFFF" && r.4 != "#000000" && r.2 < 999.0)
             .collect();
         assert!(data.len() > 8, "{name}: {} data marks", data.len());
         let spots: Vec<(f64, f64)> = labels

@@ -574,8 +574,8 @@ enum Swatch {
 
 /// Titles `root` and splits what is left into the plot area and a legend strip of
 /// [`LEGEND_WIDTH`] pixels on its right: legends never sit on the data.
-fn with_legend_strip<'a, DB: DrawingBackend>(
-    root: &'a DrawingArea<DB, Shift>,
+fn with_legend_strip<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
     title: &str,
 ) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)> {
     let area = root.titled(title, (FONT, 20)).map_err(err)?;
