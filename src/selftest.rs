@@ -37,9 +37,14 @@ pub struct SelftestRow {
     /// What `bisect` must locate (`RoPE @ layer 0`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_location: Option<String>,
-    /// False when the fault never acted in this run (a remap fault whose range no sampled token
-    /// fell into): nothing could be detected, so the row is "not triggered", not a miss.
+    /// False when the fault never acted (a remap fault whose range no sampled token fell
+    /// into, in every seed tried): nothing was tested, so the row fails as "not triggered".
     pub triggered: bool,
+    /// The seed of this case's capture: the selftest's seed, or the first of the next
+    /// [`TRIGGER_SEEDS`] − 1 seeds under which the fault acted.
+    pub seed: u64,
+    /// Seeds tried before the fault acted (1 when the first seed exercised it).
+    pub seeds_tried: usize,
     pub pass: bool,
 }
 
@@ -47,6 +52,7 @@ pub struct SelftestRow {
 pub struct SelftestReport {
     pub model: String,
     pub frames: usize,
+    pub seed: u64,
     pub rows: Vec<SelftestRow>,
     pub all_pass: bool,
 }
@@ -67,17 +73,24 @@ pub struct SelftestOptions {
 fn capture_case(
     model: ModelRef,
     o: &SelftestOptions,
+    seed: u64,
     fault: Option<Fault>,
     mode: Mode,
     out: &Path,
 ) -> Result<()> {
-    capture_case_audio(model, o, fault, None, false, mode, out)
+    capture_case_audio(model, o, seed, fault, None, false, mode, out)
 }
 
+/// Seeds a case tries (the selftest's seed and the next ones) until its fault acts: a remap
+/// fault acts only when a sampled token falls in its range.
+pub const TRIGGER_SEEDS: u64 = 8;
+
 /// [`capture_case`] with audio (the model's own codec), optionally a codec fault in MLX's.
+#[allow(clippy::too_many_arguments)]
 fn capture_case_audio(
     model: ModelRef,
     o: &SelftestOptions,
+    seed: u64,
     fault: Option<Fault>,
     codec_fault: Option<CodecFault>,
     audio: bool,
@@ -90,7 +103,7 @@ fn capture_case_audio(
         chat: false,
         backends: vec![BackendKind::Torch, BackendKind::Mlx],
         reference: BackendKind::Torch,
-        sampler: SamplerSpec::new(o.temperature, o.top_k, NoiseMode::Shared, o.seed)?,
+        sampler: SamplerSpec::new(o.temperature, o.top_k, NoiseMode::Shared, seed)?,
         max_frames: o.max_frames,
         mode,
         post: PostProcess::None,
@@ -169,22 +182,37 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
     for fault in cases {
         let name = fault.map_or("clean".to_string(), |f| f.name().to_string());
         let dir = o.out.join(&name);
-        // The clean pair also decodes its audio (when the model brings a codec): no codec alarm.
-        capture_case_audio(
-            model,
-            o,
-            fault,
-            None,
-            fault.is_none() && with_codec,
-            Mode::Independent,
-            &dir,
-        )?;
-        let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
-        let d = analysis::compare(&a, &b, &opt)?;
+        let expected = fault.map_or("none", |f| f.expected_stage());
+        // A fault that did not act under the seed is tried under the next ones (the runs of a
+        // seed that did not exercise it are ours and are removed before the next try).
+        let mut seed = o.seed;
+        let mut tries = 0usize;
+        let (a, b, d) = loop {
+            tries += 1;
+            // The clean pair also decodes its audio (when the model brings a codec).
+            capture_case_audio(
+                model,
+                o,
+                seed,
+                fault,
+                None,
+                fault.is_none() && with_codec,
+                Mode::Independent,
+                &dir,
+            )?;
+            let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
+            let d = analysis::compare(&a, &b, &opt)?;
+            if fault_triggered(expected, &d) || tries as u64 >= TRIGGER_SEEDS {
+                break (a, b, d);
+            }
+            drop((a, b));
+            std::fs::remove_dir_all(&dir)?;
+            seed += 1;
+        };
         // After a token mismatch only teacher forcing keeps every step comparable.
         let teacher = if d.divergence.first_token_mismatch.is_some() {
             let tdir = o.out.join(format!("{name}-teacher"));
-            capture_case(model, o, fault, Mode::Teacher, &tdir)?;
+            capture_case(model, o, seed, fault, Mode::Teacher, &tdir)?;
             Some(analysis::compare(
                 &Run::open(&tdir.join("torch"))?,
                 &Run::open(&tdir.join("mlx"))?,
@@ -194,8 +222,9 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
             None
         };
         crate::report::write_report_dir(&d, &dir.join("report"))?;
-        let expected = fault.map_or("none", |f| f.expected_stage());
         let mut r = row(name, expected, &d, teacher.as_ref());
+        r.seed = seed;
+        r.seeds_tried = tries;
         // Past "stage model": bisect must name the component (and find nothing on the clean pair).
         let want = match fault {
             None => Some(("none", "")),
@@ -231,7 +260,16 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
         for cf in CodecFault::ALL {
             let name = format!("codec-{}", cf.name());
             let dir = o.out.join(&name);
-            capture_case_audio(model, o, None, Some(cf), true, Mode::Independent, &dir)?;
+            capture_case_audio(
+                model,
+                o,
+                o.seed,
+                None,
+                Some(cf),
+                true,
+                Mode::Independent,
+                &dir,
+            )?;
             let (a, b) = (Run::open(&dir.join("torch"))?, Run::open(&dir.join("mlx"))?);
             let d = analysis::compare(&a, &b, &opt)?;
             crate::report::write_report_dir(&d, &dir.join("report"))?;
@@ -245,6 +283,7 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
     Ok(SelftestReport {
         model: model.dir().display().to_string(),
         frames: o.max_frames,
+        seed: o.seed,
         all_pass: rows.iter().all(|r| r.pass),
         rows,
     })
@@ -266,7 +305,10 @@ fn row(
     let triggered = fault_triggered(expected, d);
     SelftestRow {
         triggered,
-        pass: stage == expected,
+        // A fault that never acted tested nothing: not a pass.
+        pass: stage == expected && triggered,
+        seed: d.a.seed,
+        seeds_tried: 1,
         case,
         expected_stage: expected.into(),
         detected,
@@ -292,7 +334,13 @@ pub fn effect_label(r: &SelftestRow) -> String {
     if r.detected {
         r.stage.clone()
     } else if !r.triggered {
-        "not triggered (no token fell in the fault's range; run more frames)".into()
+        format!(
+            "not triggered: no sampled token fell in the fault's range under {} seed{} ({}..{}); run more frames",
+            r.seeds_tried,
+            if r.seeds_tried == 1 { "" } else { "s" },
+            (r.seed + 1).saturating_sub(r.seeds_tried as u64),
+            r.seed
+        )
     } else {
         "no measurable effect".into()
     }
@@ -323,7 +371,19 @@ impl SelftestReport {
             let first = r
                 .first_divergence
                 .map_or("–".to_string(), |[f, c]| format!("frame {f}, cb {c}"));
-            let stage = effect_label(r);
+            let mut stage = effect_label(r);
+            if r.triggered && r.seed > self.seed {
+                let _ = write!(
+                    stage,
+                    " (seed {}: the fault did not act under {})",
+                    r.seed,
+                    if r.seeds_tried == 2 {
+                        format!("seed {}", self.seed)
+                    } else {
+                        format!("seeds {}..{}", self.seed, r.seed - 1)
+                    }
+                );
+            }
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} = {:.3e} | {} | {} |",
@@ -338,7 +398,7 @@ impl SelftestReport {
                 if r.pass {
                     "✓"
                 } else if !r.triggered {
-                    "–"
+                    "✗ (not triggered)"
                 } else {
                     "✗"
                 }
@@ -365,22 +425,46 @@ mod tests {
             located: None,
             expected_location: None,
             triggered,
-            pass: detected,
+            seed: 49,
+            seeds_tried: 8,
+            pass: detected && triggered,
         }
     }
 
     #[test]
-    fn an_untriggered_fault_is_not_a_miss() {
-        assert!(effect_label(&row(false, false)).starts_with("not triggered"));
+    fn an_untriggered_fault_is_said_so_and_fails() {
+        let l = effect_label(&row(false, false));
+        assert!(
+            l.starts_with("not triggered") && l.contains("8 seeds (42..49)"),
+            "{l}"
+        );
         assert_eq!(effect_label(&row(false, true)), "no measurable effect");
         assert_eq!(effect_label(&row(true, true)), "post-processing");
         let rep = SelftestReport {
             model: "m".into(),
             frames: 16,
+            seed: 42,
             rows: vec![row(false, false)],
             all_pass: false,
         };
         let t = rep.render();
-        assert!(t.contains("not triggered") && !t.contains('✗'), "{t}");
+        assert!(
+            t.contains("not triggered") && t.contains("✗ (not triggered)"),
+            "{t}"
+        );
+        // A fault that acted under a later seed says which.
+        let mut r = row(true, true);
+        r.seed = 44;
+        r.seeds_tried = 3;
+        let rep = SelftestReport {
+            rows: vec![r],
+            all_pass: true,
+            ..rep
+        };
+        let t = rep.render();
+        assert!(
+            t.contains("(seed 44: the fault did not act under seeds 42..43)") && t.contains('✓'),
+            "{t}"
+        );
     }
 }

@@ -241,3 +241,105 @@ fn cli_exit_codes_and_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// (x, y, width, height, fill) of every `<rect>` of an SVG written by plotters.
+fn svg_rects(svg: &str) -> Vec<(f64, f64, f64, f64, String)> {
+    let re = regex::Regex::new(
+        r#"<rect x="([-\d.]+)" y="([-\d.]+)" width="([-\d.]+)" height="([-\d.]+)"[^>]*fill="(#[0-9A-Fa-f]+)""#,
+    )
+    .unwrap();
+    re.captures_iter(svg)
+        .map(|c| {
+            let n = |i: usize| c[i].parse::<f64>().unwrap();
+            (n(1), n(2), n(3), n(4), c[5].to_uppercase())
+        })
+        .collect()
+}
+
+/// (x, y, text) of every `<text>` element.
+fn svg_texts(svg: &str) -> Vec<(f64, f64, String)> {
+    let re =
+        regex::Regex::new(r#"(?s)<text x="([-\d.]+)" y="([-\d.]+)"[^>]*>(.*?)</text>"#).unwrap();
+    re.captures_iter(svg)
+        .map(|c| {
+            (
+                c[1].parse().unwrap(),
+                c[2].parse().unwrap(),
+                c[3].trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Legends sit right of the plotted data, never on it: in the agreement map, the histograms
+/// and the top-token plot, every legend label lies right of every data mark (its own swatch
+/// excepted).
+#[test]
+fn legends_sit_outside_the_data() {
+    if csm_parity::report::plots::ensure_font().is_err() {
+        println!("SKIPPED: no TrueType font on this machine");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = example_pair(tmp.path());
+    let d = diff(&a, &b);
+    assert!(d.divergence.point.is_some());
+    let plots = csm_parity::report::plots::render_all(&d, tmp.path()).unwrap();
+    for (name, labels) in [
+        (
+            "agreement_map",
+            &[
+                "tokens agree",
+                "tokens differ",
+                "not comparable",
+                "divergence point",
+            ][..],
+        ),
+        ("token_hist_all", &["A: torch", "B: mlx"][..]),
+        ("token_hist_codebook", &["A: torch", "B: mlx"][..]),
+        ("top_tokens", &["A: torch", "B: mlx"][..]),
+    ] {
+        let svg = &plots.iter().find(|p| p.name == name).unwrap().svg;
+        let texts = svg_texts(svg);
+        let rects = svg_rects(svg);
+        let data: Vec<_> = rects
+            .iter()
+            .filter(|r| r.4 != "#FFFFFF" && r.4 != "#000000" && r.2 < 999.0)
+            .collect();
+        assert!(data.len() > 8, "{name}: {} data marks", data.len());
+        let spots: Vec<(f64, f64)> = labels
+            .iter()
+            .map(|label| {
+                let t = texts
+                    .iter()
+                    .find(|t| t.2 == *label)
+                    .unwrap_or_else(|| panic!("{name}: no legend label {label:?}"));
+                (t.0, t.1)
+            })
+            .collect();
+        // Each label's swatch sits just left of it.
+        let swatch = |r: &&&(f64, f64, f64, f64, String)| {
+            r.2 <= 16.0
+                && r.3 <= 16.0
+                && spots
+                    .iter()
+                    .any(|(lx, ly)| r.0 > lx - 30.0 && r.0 < *lx && (r.1 - ly).abs() < 20.0)
+        };
+        assert_eq!(
+            data.iter().filter(swatch).count(),
+            labels.len() - usize::from(name == "agreement_map"),
+            "{name}: one swatch per label (the divergence point has a ring)"
+        );
+        for (label, (lx, _)) in labels.iter().zip(&spots) {
+            for r in &data {
+                if swatch(&r) {
+                    continue;
+                }
+                assert!(
+                    r.0 + r.2 <= lx - 20.0,
+                    "{name}: legend label {label:?} at x {lx} overlaps a data mark {r:?}"
+                );
+            }
+        }
+    }
+}

@@ -409,3 +409,58 @@ fn selftest_on_the_llama_path_gives_the_expected_verdicts() {
     assert_eq!(get("rope-halves").stage, "model", "{table}");
     assert!(r.all_pass, "{table}");
 }
+
+/// The top-N table at the divergence step of a Llama pair shows each token's decoded text
+/// (JSON, terminal, Markdown and HTML); a CSM pair (audio codes) has none.
+#[test]
+fn divergence_table_shows_decoded_llama_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = load(false);
+    let mut o = opts(
+        &tmp.path().join("cap"),
+        "Hello world",
+        3,
+        SamplerSpec::new(0.9, 50, NoiseMode::Shared, 3).unwrap(),
+        Mode::Independent,
+    );
+    o.inject = Some(Fault::RopeHalves);
+    capture_model(ModelRef::Llama(&model), &o).unwrap();
+    let (a, b) = (
+        Run::open(&tmp.path().join("cap/torch")).unwrap(),
+        Run::open(&tmp.path().join("cap/mlx")).unwrap(),
+    );
+    let d = analysis::compare(&a, &b, &DiffOptions::default()).unwrap();
+    let t = d.divergence_top.as_ref().expect("a divergence step table");
+    let tok = csm_parity::model::tokenizer::load_tokenizer(&fixture_dir()).unwrap();
+    assert!(!t.rows.is_empty());
+    // Ids past the tokenizer's vocabulary (the model's padded rows) have no text.
+    for r in &t.rows {
+        assert_eq!(
+            r.text,
+            tok.decode_token(r.token as u32),
+            "token {}",
+            r.token
+        );
+    }
+    let first = t
+        .rows
+        .iter()
+        .find(|r| r.text.is_some())
+        .expect("a decoded token in the table");
+    let shown = format!("{:?}", first.text.as_ref().unwrap());
+    let json = serde_json::to_value(&d).unwrap();
+    let k = t.rows.iter().position(|r| r.token == first.token).unwrap();
+    assert_eq!(
+        json["divergence_top"]["rows"][k]["text"].as_str(),
+        first.text.as_deref()
+    );
+    let term = csm_parity::report::terminal::render(&d);
+    if k < 5 {
+        // The terminal line lists the first five rows.
+        assert!(term.contains(&format!("{} {shown}", first.token)), "{term}");
+    }
+    let md = csm_parity::report::markdown::render(&d, &[]);
+    assert!(md.contains(&format!("| {} `", first.token)), "{md}");
+    let html = csm_parity::report::html::render(&d, &[]).unwrap();
+    assert!(html.contains(&format!("{} <code>", first.token)), "{html}");
+}

@@ -74,3 +74,39 @@ fn every_fault_gets_its_expected_verdict() {
     );
     assert!(r.all_pass, "{table}");
 }
+
+/// `--max-frames 16`: under the default seed no sampled token may fall in remap-low's range;
+/// the selftest then tries the next seeds until the fault acts, names the seed, and passes only
+/// on a fault that acted.
+#[test]
+fn remap_low_is_exercised_at_16_frames() {
+    let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SelftestOptions {
+        max_frames: 16,
+        seed: 42,
+        temperature: 0.9,
+        top_k: 5,
+        text: "hi".into(),
+        faults: vec![Fault::RemapLow],
+        out: tmp.path().to_path_buf(),
+        codec: false,
+    };
+    let r = selftest(&model, &o).unwrap();
+    let table = r.render();
+    let row = r.rows.iter().find(|x| x.case == "remap-low").unwrap();
+    assert!(row.triggered, "{table}");
+    assert!(row.detected && row.stage == "post-processing", "{table}");
+    assert!(row.pass && r.all_pass, "{table}");
+    assert!(row.seeds_tried >= 1 && row.seed == 42 + row.seeds_tried as u64 - 1);
+    if row.seed != 42 {
+        assert!(
+            table.contains(&format!("(seed {}: the fault did not act under", row.seed)),
+            "{table}"
+        );
+    }
+    // The runs of the seeds that did not exercise the fault are gone; the kept ones are the
+    // named seed's.
+    let run = csm_parity::capture::Run::open(&tmp.path().join("remap-low/mlx")).unwrap();
+    assert_eq!(run.manifest().sampler.seed, row.seed);
+}

@@ -335,6 +335,10 @@ pub struct Membership {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TopRow {
     pub token: i32,
+    /// The token's decoded text, when the runs are Llama runs and the reference's model
+    /// directory holds its tokenizer.json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     pub p_a: Option<f64>,
     pub p_b: Option<f64>,
     pub rank_a: Option<usize>,
@@ -1028,6 +1032,7 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
                 .into_iter()
                 .map(|t| TopRow {
                     token: t as i32,
+                    text: None,
                     p_a: prob_of(&ra, t),
                     p_b: prob_of(&rb, t),
                     rank_a: rank_of(&ra, t),
@@ -1049,6 +1054,16 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         }),
         None => None,
     };
+    let mut divergence_top = divergence_top;
+    if let Some(t) = divergence_top.as_mut() {
+        if let Some(tok) = llama_tokenizer(a).or_else(|| llama_tokenizer(b)) {
+            for r in t.rows.iter_mut() {
+                r.text = u32::try_from(r.token)
+                    .ok()
+                    .and_then(|id| tok.decode_token(id));
+            }
+        }
+    }
     Ok(Diff {
         a: RunInfo::of(a),
         b: RunInfo::of(b),
@@ -1079,6 +1094,16 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
         bytes_read,
         steps,
     })
+}
+
+/// The tokenizer of a Llama run's model (`model.path`/tokenizer.json), when it is there.
+fn llama_tokenizer(run: &Run) -> Option<crate::model::tokenizer::PromptTokenizer> {
+    let m = &run.manifest().model;
+    if m.kind != "llama" || m.path.is_empty() {
+        return None;
+    }
+    let path = std::path::Path::new(&m.path).join("tokenizer.json");
+    crate::model::tokenizer::PromptTokenizer::from_file(&path).ok()
 }
 
 fn is_top(a: &Run, b: &Run) -> bool {

@@ -51,6 +51,13 @@ impl PromptTokenizer {
             .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
     }
 
+    /// One token's text (special tokens included, e.g. `<|eot_id|>`); `None` for an id the
+    /// vocabulary does not have.
+    pub fn decode_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)?;
+        self.inner.decode(&[id], false).ok()
+    }
+
     /// The id of a token (special tokens included), if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

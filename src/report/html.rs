@@ -268,7 +268,10 @@ pub fn render(d: &Diff, plots: &[Plot]) -> Result<String> {
             .iter()
             .map(|r| {
                 vec![
-                    r.token.to_string(),
+                    match &r.text {
+                        Some(t) => format!("{} <code>{}</code>", r.token, esc(&format!("{t:?}"))),
+                        None => r.token.to_string(),
+                    },
                     opt_num(r.p_a),
                     r.rank_a.map_or("–".into(), |x| x.to_string()),
                     opt_num(r.p_b),

@@ -208,8 +208,12 @@ pub fn render(d: &Diff, plots: &[Plot]) -> String {
         for r in &t.rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} |",
                 r.token,
+                r.text.as_ref().map_or(String::new(), |t| format!(
+                    " `{}`",
+                    format!("{t:?}").replace('|', "\\|").replace('`', "'")
+                )),
                 opt_num(r.p_a),
                 r.rank_a.map_or("–".into(), |x| x.to_string()),
                 opt_num(r.p_b),

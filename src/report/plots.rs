@@ -1,6 +1,6 @@
 //! Plots (plotters, PNG + SVG): token histograms, KL and |Δlogit| heatmaps, token-agreement
 //! map with the divergence point, top-token comparison. Every plot has a title, axis labels, a
-//! legend or a colour scale.
+//! legend or a colour scale; legends sit in a strip right of the plot area, never on the data.
 use crate::analysis::Diff;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
@@ -231,11 +231,10 @@ fn hist<DB: DrawingBackend>(
         .chain(hb.values())
         .fold(0f64, |m, &v| m.max(v))
         .max(1e-9)
-        // Headroom above the tallest bar: the legend sits there, outside the data.
-        * 1.45;
+        * 1.05;
     let xmax = d.vocab as f64;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, (FONT, 20))
+    let (plot, legend) = with_legend_strip(root, title)?;
+    let mut chart = ChartBuilder::on(&plot)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -250,15 +249,13 @@ fn hist<DB: DrawingBackend>(
         .map_err(err)?;
     // Bars at least ~2 px wide so single tokens stay visible in a large vocab.
     let bw = (xmax / 400.0).max(1.0);
+    let mut entries = Vec::new();
     for (h, color, label, n) in [(&ha, COLOR_A, "A", na), (&hb, COLOR_B, "B", nb)] {
-        let name = format!(
-            "{label}: {} ({n} tokens)",
-            if label == "A" {
-                &d.a.backend
-            } else {
-                &d.b.backend
-            }
-        );
+        let backend = if label == "A" {
+            &d.a.backend
+        } else {
+            &d.b.backend
+        };
         chart
             .draw_series(sorted(h).into_iter().map(|(t, p)| {
                 Rectangle::new(
@@ -266,21 +263,13 @@ fn hist<DB: DrawingBackend>(
                     color.mix(0.55).filled(),
                 )
             }))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.mix(0.55).filled())
-            });
+            .map_err(err)?;
+        entries.push((
+            vec![format!("{label}: {backend}"), format!("{n} tokens")],
+            Swatch::Box(color.mix(0.55).filled()),
+        ));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    draw_legend(&legend, &entries)
 }
 
 /// (value per step or None, columns, bin size).
@@ -478,13 +467,24 @@ fn agreement<DB: DrawingBackend>(
         e.0 &= s.tok_eq(i);
         e.1 &= i < s.comparable_end;
     }
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, (FONT, 20))
+    let (plot, legend) = with_legend_strip(root, title)?;
+    let mut chart = ChartBuilder::on(&plot)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..(cols * bin) as f64, 0f64..c_n as f64)
+        // Cells span [k − ½, k + ½]: integer ticks sit at the cell centres (as the heatmaps).
+        .build_cartesian_2d(
+            -0.5f64..(cols * bin) as f64 - 0.5,
+            -0.5f64..c_n as f64 - 0.5,
+        )
         .map_err(err)?;
+    let int_label = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 && *v >= -1e-6 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -494,6 +494,10 @@ fn agreement<DB: DrawingBackend>(
             "frame".into()
         })
         .y_desc("codebook")
+        .x_labels((cols * bin).clamp(2, 21))
+        .y_labels((c_n + 1).clamp(2, 17))
+        .x_label_formatter(&int_label)
+        .y_label_formatter(&int_label)
         .label_style((FONT, 13))
         .draw()
         .map_err(err)?;
@@ -509,50 +513,101 @@ fn agreement<DB: DrawingBackend>(
             let cell = &cell;
             (0..c_n).map(move |c| {
                 let (a, k) = cell[col * c_n + c];
-                let x0 = (col * bin) as f64;
+                let x0 = (col * bin) as f64 - 0.5;
                 Rectangle::new(
-                    [(x0, c as f64), (x0 + bin as f64, c as f64 + 1.0)],
+                    [(x0, c as f64 - 0.5), (x0 + bin as f64, c as f64 + 0.5)],
                     color(a, k).filled(),
                 )
             })
         }))
         .map_err(err)?;
-    // Legend entries (invisible series carrying the labels).
-    for (label, col) in [
-        ("tokens agree", green),
-        ("tokens differ", COLOR_B),
-        ("not comparable (after divergence)", RGBColor(245, 190, 190)),
-    ] {
-        chart
-            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-            .map_err(err)?
-            .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
-    }
+    let mut entries = vec![
+        (
+            vec!["tokens agree".to_string()],
+            Swatch::Box(green.filled()),
+        ),
+        (
+            vec!["tokens differ".to_string()],
+            Swatch::Box(COLOR_B.filled()),
+        ),
+        (
+            vec![
+                "not comparable".to_string(),
+                "(after divergence)".to_string(),
+            ],
+            Swatch::Box(RGBColor(245, 190, 190).filled()),
+        ),
+    ];
     if let Some(p) = d.divergence.point {
-        let (x, y) = (p.frame as f64 + 0.5 * bin as f64, p.codebook as f64 + 0.5);
+        // The centre of the point's cell (of its bin when frames are binned).
+        let x0 = (p.frame / bin * bin) as f64 - 0.5;
+        let (x, y) = (x0 + 0.5 * bin as f64, p.codebook as f64);
         chart
             .draw_series([
                 Circle::new((x, y), 9, BLACK.stroke_width(3)),
                 Circle::new((x, y), 12, WHITE.stroke_width(2)),
             ])
-            .map_err(err)?
-            .label(format!(
-                "divergence point (frame {}, codebook {}, {})",
-                p.frame,
-                p.codebook,
-                d.divergence.stage.map(|s| s.name()).unwrap_or("?")
-            ))
-            .legend(|(x, y)| Circle::new((x + 6, y), 5, BLACK.stroke_width(2)));
+            .map_err(err)?;
+        entries.push((
+            vec![
+                "divergence point".to_string(),
+                format!("frame {}, codebook {}", p.frame, p.codebook),
+                format!(
+                    "stage {}",
+                    d.divergence.stage.map(|s| s.name()).unwrap_or("?")
+                ),
+            ],
+            Swatch::Ring,
+        ));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(err)?;
+    draw_legend(&legend, &entries)
+}
+
+/// Width of the legend strip right of a plot (outside the data).
+pub const LEGEND_WIDTH: u32 = 210;
+
+/// A legend entry's mark.
+enum Swatch {
+    Box(ShapeStyle),
+    Ring,
+}
+
+/// Titles `root` and splits what is left into the plot area and a legend strip of
+/// [`LEGEND_WIDTH`] pixels on its right: legends never sit on the data.
+fn with_legend_strip<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)> {
+    let area = root.titled(title, (FONT, 20)).map_err(err)?;
+    let w = area.dim_in_pixel().0;
+    Ok(area.split_horizontally(w.saturating_sub(LEGEND_WIDTH) as i32))
+}
+
+/// Draws legend entries (one mark, one or more text lines each) top-down in `area`.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(Vec<String>, Swatch)],
+) -> Result<()> {
+    let mut y = 24i32;
+    for (lines, swatch) in entries {
+        match swatch {
+            Swatch::Box(style) => area
+                .draw(&Rectangle::new([(8, y - 6), (22, y + 6)], *style))
+                .map_err(err)?,
+            Swatch::Ring => area
+                .draw(&Circle::new((15, y), 6, BLACK.stroke_width(2)))
+                .map_err(err)?,
+        }
+        for (k, line) in lines.iter().enumerate() {
+            area.draw(&Text::new(
+                line.clone(),
+                (30, y - 7 + 16 * k as i32),
+                (FONT, 13).into_font(),
+            ))
+            .map_err(err)?;
+        }
+        y += 16 * lines.len() as i32 + 10;
+    }
     Ok(())
 }
 
@@ -579,11 +634,10 @@ fn top_tokens<DB: DrawingBackend>(
         .map(|t| *ha.get(t).unwrap_or(&0).max(hb.get(t).unwrap_or(&0)))
         .max()
         .unwrap_or(1) as f64
-        // Headroom above the tallest bar: the legend sits there, outside the data.
-        * 1.45
-        + 1.0;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, (FONT, 20))
+        * 1.05
+        + 0.5;
+    let (plot, legend) = with_legend_strip(root, title)?;
+    let mut chart = ChartBuilder::on(&plot)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -598,9 +652,10 @@ fn top_tokens<DB: DrawingBackend>(
         .label_style((FONT, 13))
         .draw()
         .map_err(err)?;
+    let mut entries = Vec::new();
     for (h, color, off, label) in [
-        (&ha, COLOR_A, 0.1, &d.a.backend),
-        (&hb, COLOR_B, 0.5, &d.b.backend),
+        (&ha, COLOR_A, 0.1, format!("A: {}", d.a.backend)),
+        (&hb, COLOR_B, 0.5, format!("B: {}", d.b.backend)),
     ] {
         chart
             .draw_series(toks.iter().enumerate().map(|(i, t)| {
@@ -610,9 +665,8 @@ fn top_tokens<DB: DrawingBackend>(
                     color.filled(),
                 )
             }))
-            .map_err(err)?
-            .label(label.to_string())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+            .map_err(err)?;
+        entries.push((vec![label], Swatch::Box(color.filled())));
     }
     let style =
         TextStyle::from((FONT, 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
@@ -626,15 +680,7 @@ fn top_tokens<DB: DrawingBackend>(
                 .map(|(i, t)| Text::new(t.to_string(), (i as f64 + 0.5, 0.0), style.clone())),
         )
         .map_err(err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    draw_legend(&legend, &entries)
 }
 
 #[cfg(test)]

@@ -100,7 +100,15 @@ pub fn render(d: &Diff) -> String {
             .rows
             .iter()
             .take(5)
-            .map(|r| format!("{} {}/{}", r.token, opt_num(r.p_a), opt_num(r.p_b)))
+            .map(|r| {
+                format!(
+                    "{}{} {}/{}",
+                    r.token,
+                    r.text.as_ref().map_or(String::new(), |t| format!(" {t:?}")),
+                    opt_num(r.p_a),
+                    opt_num(r.p_b)
+                )
+            })
             .collect();
         let _ = writeln!(
             s,

@@ -1000,7 +1000,7 @@ pub struct SweepResult {
 }
 
 /// The ranking criterion, as written into every output.
-pub const CRITERION: &str = "Under native noise two runs of one library with different seeds already differ; that same-library noise floor is measured per cell (histogram intersection of one library's runs with different seeds, same text, both libraries averaged) and compared with the cross-library intersection on the same seed pairs. A cell's parity gap is floor − cross per (text, seed); a cell is above the noise floor when the bootstrap CI of its mean gap, Bonferroni-adjusted over the cells, lies above 0. Cells within the noise floor share rank 1 (the libraries cannot be told apart there); cells above it rank after them by mean gap, smaller first, and share a rank while the paired (same seed and text) difference to the first cell of their group is not significant (Bonferroni-adjusted). Ties are ties: no grid order decides. Needs at least 2 seeds per text.";
+pub const CRITERION: &str = "Under native noise two runs of one library with different seeds already differ; that same-library noise floor is measured per cell (histogram intersection of one library's runs with different seeds, same text, both libraries averaged) and compared with the cross-library intersection on the same seed pairs. A cell's parity gap is floor − cross per (text, seed); a cell is above the noise floor when the bootstrap CI of its mean gap, Bonferroni-adjusted over the cells, lies above 0. Cells within the noise floor share rank 1 (the libraries cannot be told apart there); cells above it rank after them by mean gap, smaller first, and share a rank while the paired (same seed and text) difference to the first cell of their group is not significant (Bonferroni-adjusted). Ties are ties: no grid order decides. Needs at least 2 seeds per text for the noise floor and at least 5 (text, seed) units per cell for the interval the test rests on.";
 
 fn mean_ci(xs: &[f64], seed: u64) -> Option<Estimate> {
     mean_ci_at(xs, seed, LEVEL)
@@ -1214,6 +1214,25 @@ pub fn aggregate(spec: &SweepSpec, results: &[JobResult]) -> Result<SweepResult>
     })
 }
 
+/// Why no cell could be tested against the noise floor. The floor needs two seeds of one text;
+/// the test needs a bootstrap interval of the mean parity gap, which needs at least
+/// [`MIN_GROUPS`](crate::analysis::stats::MIN_GROUPS) (text, seed) units per cell.
+fn unmeasurable_reason(cells: &[CellResult]) -> String {
+    let need = crate::analysis::stats::MIN_GROUPS;
+    let units = cells
+        .iter()
+        .filter_map(|c| c.gap.as_ref().map(|g| g.groups))
+        .max();
+    match units {
+        None => format!(
+            "the same-library noise floor needs at least 2 seeds per text, and the test against it at least {need} (text, seed) units per cell (its confidence interval is a bootstrap over those units)"
+        ),
+        Some(n) => format!(
+            "the test against the noise floor needs a confidence interval of the parity gap, a bootstrap over (text, seed) units that needs at least {need} per cell; this sweep has {n} (seeds × texts): use at least {need} seeds, or more texts"
+        ),
+    }
+}
+
 fn best_cell(cells: &[CellResult], ranking: &[usize], _results: &[JobResult]) -> Best {
     let num = |x: f64| crate::report::num(if x.abs() < ZERO_TOL { 0.0 } else { x });
     let b = &cells[ranking[0]];
@@ -1251,13 +1270,19 @@ fn best_cell(cells: &[CellResult], ranking: &[usize], _results: &[JobResult]) ->
             b.temperature,
             b.top_k,
             match b.above_noise_floor {
-                Some(true) => "its libraries differ beyond the same-library noise floor",
-                Some(false) => "it is within the same-library noise floor",
-                None => "noise floor not measurable (need ≥ 2 seeds per text)",
+                Some(true) => "its libraries differ beyond the same-library noise floor".into(),
+                Some(false) => "it is within the same-library noise floor".into(),
+                None => format!(
+                    "not tested against the noise floor: {}",
+                    unmeasurable_reason(cells)
+                ),
             }
         )
     } else if !measurable {
-        "No ranking: the same-library noise floor needs at least 2 seeds per text; every cell is tied.".to_string()
+        format!(
+            "No ranking: {}; every cell is tied.",
+            unmeasurable_reason(cells)
+        )
     } else if all_within {
         format!(
             "Every setting is within the noise floor: at no cell do the two libraries' token distributions differ more than two seeds of one library do ({}% CIs, Bonferroni-adjusted over {} cells); no setting is better than another.",
@@ -1462,6 +1487,30 @@ mod tests {
             r.best.sentence.contains("within the noise floor"),
             "{}",
             r.best.sentence
+        );
+    }
+
+    /// Four seeds measure the noise floor but give no interval (fewer than 5 units): the
+    /// sweep says that, not "needs 2 seeds".
+    #[test]
+    fn too_few_units_for_an_interval_say_what_is_needed() {
+        let sp = spec(&[0.6, 0.8], &[50], 4);
+        let r = aggregate(&sp, &results(&sp, |_, _| 0)).unwrap();
+        assert!(r.cells.iter().all(|c| c.noise_floor.is_some()));
+        assert!(r.cells.iter().all(|c| c.above_noise_floor.is_none()));
+        let s = &r.best.sentence;
+        assert!(s.starts_with("No ranking:"), "{s}");
+        assert!(
+            s.contains("at least 5 per cell") && s.contains("this sweep has 4"),
+            "{s}"
+        );
+        assert!(!s.contains("2 seeds"), "{s}");
+        let sp = spec(&[0.6, 0.8], &[50], 1);
+        let r = aggregate(&sp, &results(&sp, |_, _| 0)).unwrap();
+        let s = &r.best.sentence;
+        assert!(
+            s.contains("at least 2 seeds per text") && s.contains("at least 5"),
+            "{s}"
         );
     }
 
