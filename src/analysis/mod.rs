@@ -424,12 +424,12 @@ fn first(steps: &StepData, pred: impl Fn(usize) -> bool, end: usize) -> Option<S
         .map(|i| Step::from_index(i, steps.codebooks))
 }
 
-/// The tokens the model of `run` was fed, frame-major: today the sampled tokens (capture feeds
-/// back `tokens.npy`, never `post_tokens.npy`; in teacher mode the candidate is fed the
-/// reference's tokens, which `compare` handles by treating every step as comparable). The one
-/// place to switch to a recorded `fed_tokens.npy` when the run format offers it.
+/// The tokens the model of `run` was fed, frame-major: `fed_tokens.npy` when the run recorded
+/// it (teacher forcing, a re-score, a forced outside port), else the sampled tokens (capture feeds
+/// back `tokens.npy`, never `post_tokens.npy`). In teacher mode `compare` also treats every step
+/// as comparable.
 pub fn fed_tokens(run: &Run) -> &[i32] {
-    run.tokens()
+    run.fed_tokens()
 }
 
 /// Sampler settings that matter: temperatures compared at f32 precision (the samplers run in

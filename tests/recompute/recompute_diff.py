@@ -34,6 +34,12 @@ def load_run(d):
     r["F"], r["C"], r["V"] = F, C, V
     r["tokens"] = np.load(os.path.join(d, "tokens.npy")).astype(np.int64).reshape(F * C)
     r["post"] = np.load(os.path.join(d, "post_tokens.npy")).astype(np.int64).reshape(F * C)
+    fed_path = os.path.join(d, "fed_tokens.npy")
+    r["fed"] = (
+        np.load(fed_path).astype(np.int64).reshape(F * C)
+        if os.path.exists(fed_path)
+        else r["tokens"]
+    )
     r["step_us"] = np.load(os.path.join(d, "step_us.npy")).astype(np.float64)
     for what in ("logits", "probs"):
         st = m[what + "_storage"]
@@ -435,7 +441,7 @@ def main():
     ck.exact(["vocab"], A["V"])
     teacher = "teacher" in (ma["sampler"].get("mode"), mb["sampler"].get("mode"))
     ta, tb = A["tokens"][:total], B["tokens"][:total]
-    fed = lambda r: r["tokens"]  # fed = sampled (teacher mode: every step comparable)
+    fed = lambda r: r["fed"]  # fed_tokens.npy, else sampled (teacher mode: every step comparable)
     fdiff = np.nonzero(fed(A)[:total] != fed(B)[:total])[0]
     end = total if teacher or len(fdiff) == 0 else int(fdiff[0]) + 1
     ck.exact(["steps_total"], total)
