@@ -255,6 +255,8 @@ fn main() {
         "8",
     ]);
     other.push(("verify --frames 8 (f32)", c, 2.0 * params * 4.0));
+    // A sweep reuses stored job results of the same spec: start from nothing so it is measured.
+    let _ = std::fs::remove_dir_all(runs.join("sweep"));
     let c = run(&[
         "sweep",
         "--model",
