@@ -164,11 +164,7 @@ pub fn load_codec(kind: BackendKind, model: &MimiModel, dtype: DType) -> Result<
         #[allow(unreachable_patterns)]
         other => {
             let _ = (model, dtype);
-            bail!(
-                "backend {} is not compiled into this build (cargo feature `{}`)",
-                other.name(),
-                other.name()
-            )
+            Err(super::not_compiled(other))
         }
     }
 }

@@ -197,11 +197,7 @@ pub fn load(kind: BackendKind, model: &CsmModel, dtype: DType) -> Result<Box<dyn
         #[allow(unreachable_patterns)]
         other => {
             let _ = (model, dtype);
-            bail!(
-                "backend {} is not compiled into this build (cargo feature `{}`)",
-                other.name(),
-                other.name()
-            )
+            Err(not_compiled(other))
         }
     }
 }
@@ -241,6 +237,15 @@ pub fn slow_dtype_note(library: &str, dtype: DType, f32_ms: f64, d_ms: f64) -> O
     })
 }
 
+/// The error for a backend whose cargo feature is off in this build.
+pub(crate) fn not_compiled(kind: BackendKind) -> anyhow::Error {
+    anyhow::anyhow!(
+        "backend {} is not compiled into this build (cargo feature `{}`)",
+        kind.name(),
+        kind.name()
+    )
+}
+
 /// Loads the Llama LM `model` (with its adapter, if any) into the backend `kind`: a
 /// [`Backend`] with one codebook whose frames are single tokens.
 pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result<Box<dyn Backend>> {
@@ -252,11 +257,7 @@ pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result
         #[allow(unreachable_patterns)]
         other => {
             let _ = (model, dtype);
-            bail!(
-                "backend {} is not compiled into this build (cargo feature `{}`)",
-                other.name(),
-                other.name()
-            )
+            Err(not_compiled(other))
         }
     }
 }

@@ -355,27 +355,16 @@ pub fn run_job(
         };
         Ok(())
     };
-    let opts = |noise: NoiseMode, sub: &str, logits: Storage| -> Result<CaptureOptions> {
-        Ok(CaptureOptions {
-            text: text.to_string(),
-            speaker: settings.speaker,
-            backends: kinds.clone(),
-            reference: kinds[0],
-            sampler: SamplerSpec::new(job.temperature, job.top_k, noise, job.seed)?,
-            max_frames: settings.max_frames,
-            mode: Mode::Independent,
-            post: PostProcess::None,
-            dtype: settings.dtype,
+    let opts = |noise: NoiseMode, sub: &str, logits: Storage| {
+        job_capture_options(
+            job,
+            text,
+            settings,
+            kinds.clone(),
+            noise,
+            dir.join(sub),
             logits,
-            probs: Storage::None,
-            out: dir.join(sub),
-            progress: false,
-            inject: None,
-            chat: false,
-            force: false,
-            audio: Default::default(),
-            codec_fault: None,
-        })
+        )
     };
     // Metrics only: no bootstrap inside the per-job diffs (the sweep bootstraps over jobs).
     let dopt = DiffOptions {
@@ -446,6 +435,39 @@ pub fn run_job(
     Ok(result)
 }
 
+/// The capture of one sweep job by `backends` (the first is the reference): independent
+/// tracks, no post-processing, probabilities not stored.
+fn job_capture_options(
+    job: &Job,
+    text: &str,
+    settings: &JobSettings,
+    backends: Vec<BackendKind>,
+    noise: NoiseMode,
+    out: PathBuf,
+    logits: Storage,
+) -> Result<CaptureOptions> {
+    Ok(CaptureOptions {
+        text: text.to_string(),
+        speaker: settings.speaker,
+        reference: backends[0],
+        backends,
+        sampler: SamplerSpec::new(job.temperature, job.top_k, noise, job.seed)?,
+        max_frames: settings.max_frames,
+        mode: Mode::Independent,
+        post: PostProcess::None,
+        dtype: settings.dtype,
+        logits,
+        probs: Storage::None,
+        out,
+        progress: false,
+        inject: None,
+        chat: false,
+        force: false,
+        audio: Default::default(),
+        codec_fault: None,
+    })
+}
+
 /// One job with an outside candidate: the reference (the loaded backend, torch) captures with
 /// shared noise (f32 logits) and with native noise; the candidate's run comes from its command
 /// or its run directory. Shared metrics: the candidate against the reference's shared-noise
@@ -465,27 +487,16 @@ fn run_candidate_job(
     t0: Instant,
 ) -> Result<JobResult> {
     let kind = loaded[0].kind;
-    let opts = |noise: NoiseMode, sub: &str, logits: Storage| -> Result<CaptureOptions> {
-        Ok(CaptureOptions {
-            text: text.to_string(),
-            speaker: settings.speaker,
-            backends: vec![kind],
-            reference: kind,
-            sampler: SamplerSpec::new(job.temperature, job.top_k, noise, job.seed)?,
-            max_frames: settings.max_frames,
-            mode: Mode::Independent,
-            post: PostProcess::None,
-            dtype: settings.dtype,
+    let opts = |noise: NoiseMode, sub: &str, logits: Storage| {
+        job_capture_options(
+            job,
+            text,
+            settings,
+            vec![kind],
+            noise,
+            dir.join(sub),
             logits,
-            probs: Storage::None,
-            out: dir.join(sub),
-            progress: false,
-            inject: None,
-            chat: false,
-            force: false,
-            audio: Default::default(),
-            codec_fault: None,
-        })
+        )
     };
     capture_with(
         model,
