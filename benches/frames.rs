@@ -5,8 +5,8 @@
 //! `cargo bench --bench frames [-- tiny|full]`; BENCH_DTYPE=f32|bf16 (default f32) sets the
 //! full model's dtype, BENCH_FULL_FRAMES the frames timed per point (default 3).
 use csm_parity::backend::{self, BackendKind, FrameRequest, Record};
-use csm_parity::model::weights::{map_and_validate, CsmWeights};
-use csm_parity::model::{fixture, CsmConfig, CsmModel, DType, Frames};
+use csm_parity::model::csm::weights::{map_and_validate, CsmWeights};
+use csm_parity::model::{fixture, CsmConfig, CsmModel, DType, Frames, Model};
 use csm_parity::sampling::{NoiseMode, SamplerSpec, SharedNoise};
 use std::time::Instant;
 
@@ -64,7 +64,10 @@ fn time_frames(
     times[times.len() / 2]
 }
 
-fn bench(name: &str, model: &CsmModel, dtype: DType, frames: usize) {
+fn bench(name: &str, model: &Model, dtype: DType, frames: usize) {
+    let Model::Csm(csm) = model else {
+        unreachable!("the frame bench times CSM models")
+    };
     for kind in BackendKind::available() {
         let mut b = backend::load(kind, model, dtype).unwrap();
         let plain = Record::default();
@@ -72,9 +75,9 @@ fn bench(name: &str, model: &CsmModel, dtype: DType, frames: usize) {
             logits: true,
             probs: true,
         };
-        let at16 = time_frames(b.as_mut(), &model.config, 16, frames, plain);
-        let at16_rec = time_frames(b.as_mut(), &model.config, 16, frames, full);
-        let at512 = time_frames(b.as_mut(), &model.config, 512, frames, plain);
+        let at16 = time_frames(b.as_mut(), &csm.config, 16, frames, plain);
+        let at16_rec = time_frames(b.as_mut(), &csm.config, 16, frames, full);
+        let at512 = time_frames(b.as_mut(), &csm.config, 512, frames, plain);
         println!(
             "{name:<14} {:<6} {:<5} {:>10.2} ms/frame @16 {:>10.2} ms/frame @512 ({:+.1}%)  capture overhead (logits+probs f32) {:+.1}%",
             kind.name(),
@@ -95,7 +98,7 @@ fn main() {
     let want = |w: &str| args.is_empty() || args.iter().any(|a| a == w);
     if want("tiny") {
         let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
-        bench("tiny-fixture", &model, DType::F32, 30);
+        bench("tiny-fixture", &Model::Csm(model), DType::F32, 30);
     }
     if want("full") {
         let dtype: DType = std::env::var("BENCH_DTYPE")
@@ -111,6 +114,6 @@ fn main() {
             CsmConfig::csm_1b().parameter_count()
         );
         let model = model_from(CsmConfig::csm_1b(), 1);
-        bench("csm-1b-random", &model, dtype, frames);
+        bench("csm-1b-random", &Model::Csm(model), dtype, frames);
     }
 }

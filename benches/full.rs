@@ -11,7 +11,7 @@
 //!
 //! Environment: BENCH_FULL_DIR (default target/bench-full), BENCH_FULL_FRAMES (frames per
 //! capture, default 16), BENCH_BW_GBS (memory bandwidth of the floor, default 24 GB/s).
-use csm_parity::model::weights::expected_tensors;
+use csm_parity::model::csm::expected_tensors;
 use csm_parity::model::{fixture, CsmConfig, DType};
 use std::path::{Path, PathBuf};
 use std::process::Command;

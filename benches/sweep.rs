@@ -10,7 +10,7 @@
 //! the workers. Under `cargo test --benches` (no `--bench` argument) it runs a 1×1×1 smoke size.
 #[cfg(all(feature = "mlx", feature = "torch"))]
 fn main() {
-    use csm_parity::model::{fixture, CsmModel};
+    use csm_parity::model::{fixture, CsmModel, Model};
     use csm_parity::sweep::{run_sweep, Execution, SweepSpec};
     use std::time::Instant;
 
@@ -23,7 +23,7 @@ fn main() {
     };
     let frames = env("CSM_PARITY_BENCH_FRAMES", if full { 32 } else { 2 });
     let workers = env("CSM_PARITY_BENCH_JOBS", 2);
-    let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+    let model = Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap());
     let spec = SweepSpec {
         temperatures: if full { vec![0.6, 0.8] } else { vec![0.8] },
         top_ks: if full { vec![50, 100] } else { vec![50] },
@@ -32,8 +32,8 @@ fn main() {
         max_frames: frames,
         speaker: 0,
         dtype: "f32".into(),
-        model_sha256: model.weights.sha256.clone(),
-        model_path: model.dir.display().to_string(),
+        model_sha256: model.sha256().into(),
+        model_path: model.dir().display().to_string(),
         candidate: None,
     };
     let jobs = spec.jobs().len();

@@ -4,8 +4,8 @@
 //! checks. Exit 0: every check passes; 1: a check fails; 2: usage or input error.
 use crate::backend::BackendKind;
 use crate::capture::Storage;
-use crate::capture_run::{load_backends, LoadedBackend, ModelRef};
-use crate::model::{fixture, CsmModel, DType, HostTensor};
+use crate::commands::capture::{load_backends, LoadedBackend};
+use crate::model::{fixture, CsmModel, DType, HostTensor, Model};
 use crate::sweep::{self, Job, JobResult, JobSettings};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -358,9 +358,9 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
         ),
         _ => {}
     }
-    let model = CsmModel::load_with(&dir, tokenizer)?;
+    let model = Model::Csm(CsmModel::load_with(&dir, tokenizer)?);
     let dtype: DType = cfg.run.dtype.parse()?;
-    let mut loaded = load_backends(ModelRef::Csm(&model), &[BackendKind::Torch], dtype)?;
+    let mut loaded = load_backends(&model, &[BackendKind::Torch], dtype)?;
     let cand_dtype: DType = match &cfg.candidate.dtype {
         Some(d) => d.parse()?,
         None => dtype,
@@ -374,9 +374,9 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
                 .as_deref()
                 .unwrap_or(DEFAULT_PERTURB_TENSOR);
             perturb(&mut m, name, eps, cfg.candidate.perturb_seed)?;
-            load_backends(ModelRef::Csm(&m), &[BackendKind::Mlx], cand_dtype)?
+            load_backends(&Model::Csm(m), &[BackendKind::Mlx], cand_dtype)?
         }
-        None => load_backends(ModelRef::Csm(&model), &[BackendKind::Mlx], cand_dtype)?,
+        None => load_backends(&model, &[BackendKind::Mlx], cand_dtype)?,
     };
     loaded.extend(cand);
     let settings = JobSettings {
@@ -398,14 +398,7 @@ pub fn measure(cfg: &GateConfig) -> Result<(String, Measured)> {
                     seed,
                     text_index: ti,
                 };
-                let r = sweep::run_job(
-                    ModelRef::Csm(&model),
-                    Some(&mut loaded),
-                    &job,
-                    text,
-                    &settings,
-                    &work,
-                );
+                let r = sweep::run_job(&model, Some(&mut loaded), &job, text, &settings, &work);
                 results.push(r.with_context(|| format!("gate job text {ti} seed {seed}"))?);
             }
         }

@@ -7,10 +7,11 @@
 use crate::analysis::{self, DiffOptions};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::{capture_with, load_backends, CaptureOptions, Mode, ModelRef};
-use crate::cli::common::{LoadedModel, ModelArgs, ModelKindChoice};
+use crate::cli::common::{ModelArgs, ModelKindChoice};
+use crate::commands::capture::{capture_with, load_backends, CaptureOptions, Mode};
+use crate::commands::rescore::{rescore, RescoreOptions};
 use crate::gate::{checks, parse_config, GateConfig, GateReport, Measured};
-use crate::rescore::{rescore, RescoreOptions};
+use crate::model::Model;
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -126,7 +127,7 @@ pub fn run_outside_gate(
         dtype: cfg.run.dtype.parse()?,
     };
     let loaded = model_args.load_any(ModelKindChoice::Auto, None)?;
-    let model = loaded.as_ref();
+    let model = &loaded;
     let model_dir = model.dir().display().to_string();
     let mut backends = load_backends(model, &[BackendKind::Torch], model_args.dtype)?;
     let work = std::env::temp_dir().join(format!("csm-parity-gate-outside-{}", std::process::id()));
@@ -296,8 +297,8 @@ fn measured_of(cfg: &GateConfig, jobs: &[OutsideJob]) -> Measured {
 #[allow(clippy::too_many_arguments)]
 fn run_job(
     cfg: &GateConfig,
-    loaded: &LoadedModel,
-    backends: &mut [crate::capture_run::LoadedBackend],
+    loaded: &Model,
+    backends: &mut [crate::commands::capture::LoadedBackend],
     template: &str,
     model_dir: &str,
     ti: usize,
@@ -305,7 +306,7 @@ fn run_job(
     seed: u64,
     dir: &Path,
 ) -> Result<OutsideJob> {
-    let model: ModelRef = loaded.as_ref();
+    let model = loaded;
     let sampler = SamplerSpec::new(cfg.run.temperature, cfg.run.top_k, NoiseMode::Shared, seed)?;
     let opts = CaptureOptions {
         text: text.to_string(),
@@ -328,7 +329,7 @@ fn run_job(
         codec_fault: None,
     };
     capture_with(model, &opts, backends)?;
-    let reference_dir = crate::capture_run::run_dir(&opts.out, BackendKind::Torch);
+    let reference_dir = crate::commands::capture::run_dir(&opts.out, BackendKind::Torch);
     let reference = Run::open(&reference_dir)?;
     let prompt_ids = reference.manifest().prompt.token_ids.clone();
     let cand_dir = dir.join("candidate");
@@ -473,8 +474,8 @@ pub struct Judged {
 /// (its own noise) after re-scoring the candidate with `backend` into `rescore_out`, so that
 /// its logits and probabilities are compared at every step.
 pub fn judge_candidate(
-    model: ModelRef,
-    backend: &mut crate::capture_run::LoadedBackend,
+    model: &Model,
+    backend: &mut crate::commands::capture::LoadedBackend,
     reference_dir: &Path,
     candidate: &Run,
     rescore_out: &Path,

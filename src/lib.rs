@@ -7,23 +7,16 @@
 
 pub mod analysis;
 pub mod backend;
-pub mod bisect;
 pub mod capture;
-pub mod capture_run;
 pub mod cli;
-pub mod conform;
-pub mod conform_mimi;
+pub mod commands;
 pub mod faults;
 pub mod gate;
 pub mod gate_outside;
-pub mod inspect;
+pub mod generate;
 pub mod model;
 pub mod outputs;
 pub mod report;
-pub mod rescore;
-pub mod runner;
 pub mod sampling;
-pub mod selftest;
 pub mod sweep;
 pub mod util;
-pub mod verify;

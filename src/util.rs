@@ -1,4 +1,4 @@
-//! Small shared helpers: atomic writes, peak memory.
+//! Small shared helpers: atomic writes, peak memory, progress bars.
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,4 +40,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The progress bar of long work on standard error: `{what} done/len`, elapsed and eta, starting
+/// at `done`. Hidden when `enabled` is off, when standard error is not a terminal (logs, CI) or
+/// when there is nothing to do.
+pub fn progress_bar(enabled: bool, len: u64, done: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() || len == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let template =
+        format!("{{spinner}} {what} {{pos}}/{{len}} {{wide_bar}} {{elapsed_precise}} eta {{eta}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
 }

@@ -1,17 +1,17 @@
 //! Both backends on the tiny fixture and on the transformers conformance case.
 #![cfg(all(feature = "mlx", feature = "torch"))]
 use csm_parity::backend::BackendKind;
-use csm_parity::conform::conform;
-use csm_parity::model::{fixture, CsmModel, DType, Layout};
-use csm_parity::verify::{verify, VerifyOptions};
+use csm_parity::commands::conform::conform;
+use csm_parity::commands::verify::{verify, VerifyOptions};
+use csm_parity::model::{fixture, CsmModel, DType, Layout, Model};
 use std::path::{Path, PathBuf};
 
 fn case_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/csm-tiny-transformers")
 }
 
-fn tiny() -> CsmModel {
-    CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap()
+fn tiny() -> Model {
+    Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap())
 }
 
 fn opts(frames: usize, text: &str) -> VerifyOptions {

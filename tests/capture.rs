@@ -2,13 +2,13 @@
 #![cfg(all(feature = "mlx", feature = "torch"))]
 use csm_parity::backend::{self, Backend, BackendKind};
 use csm_parity::capture::{Run, Storage};
-use csm_parity::capture_run::{capture, CaptureOptions, Mode};
-use csm_parity::model::{fixture, CsmModel, DType};
+use csm_parity::commands::capture::{capture, CaptureOptions, Mode};
+use csm_parity::model::{fixture, CsmModel, DType, Model};
 use csm_parity::sampling::{reference_sample, NoiseMode, PostProcess, SamplerSpec, SharedNoise};
 use std::path::Path;
 
-fn tiny() -> CsmModel {
-    CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap()
+fn tiny() -> Model {
+    Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap())
 }
 
 fn opts(
@@ -123,7 +123,7 @@ fn teacher_mode_feeds_the_reference_tokens_and_records_every_step() {
     for f in 0..a.frames() {
         la.read_frame(f, &mut fa).unwrap();
         lb.read_frame(f, &mut fb).unwrap();
-        let d = csm_parity::runner::max_abs_diff(fa.values(), fb.values());
+        let d = csm_parity::generate::max_abs_diff(fa.values(), fb.values());
         assert!(d < 1e-4, "frame {f}: {d}");
     }
 }
@@ -312,7 +312,7 @@ fn sampler_temperature_zero_is_argmax_and_topk_at_or_above_vocab_filters_nothing
         assert_eq!(p1, p2);
         let (tr, pr) = reference_sample(&logits, &all, &u);
         assert_eq!(t1, tr, "matches the host reference sampler");
-        assert!(csm_parity::runner::max_abs_diff(&p1, &pr) < 1e-6);
+        assert!(csm_parity::generate::max_abs_diff(&p1, &pr) < 1e-6);
     }
 }
 

@@ -3,7 +3,7 @@
 //! the transformers case, bad input refused with exit 2 and nothing written.
 #![cfg(all(feature = "mlx", feature = "torch"))]
 use csm_parity::backend::{load_codec, BackendKind, Codec, CodecFault};
-use csm_parity::conform::read_npy;
+use csm_parity::commands::conform::read_npy;
 use csm_parity::model::mimi::MimiModel;
 use csm_parity::model::DType;
 use std::path::{Path, PathBuf};

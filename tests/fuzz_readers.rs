@@ -279,7 +279,7 @@ fn conform_case_reader_never_panics_on_mutated_cases() {
         &[f, c - 1, v],
         &f32s(f * (c - 1) * v, 4),
     );
-    csm_parity::conform::Case::load(&base).expect("the unmutated case loads");
+    csm_parity::commands::conform::Case::load(&base).expect("the unmutated case loads");
     let names = [
         "prompt_ids.npy",
         "frames.npy",
@@ -299,7 +299,7 @@ fn conform_case_reader_never_panics_on_mutated_cases() {
         let mut bytes = std::fs::read(&target).unwrap();
         mutate_bytes(&mut bytes, mix(r));
         std::fs::write(&target, bytes).unwrap();
-        match catch_unwind(|| csm_parity::conform::Case::load(&dir).map(|_| ())) {
+        match catch_unwind(|| csm_parity::commands::conform::Case::load(&dir).map(|_| ())) {
             Ok(Ok(())) => ok += 1,
             Ok(Err(e)) => {
                 refused += 1;

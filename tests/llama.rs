@@ -3,13 +3,13 @@
 use csm_parity::analysis::{self, DiffOptions};
 use csm_parity::backend::{self, Backend, BackendKind, FrameRequest, Record};
 use csm_parity::capture::{Run, Storage};
-use csm_parity::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
+use csm_parity::commands::capture::{capture, CaptureOptions, Mode};
+use csm_parity::commands::selftest::{selftest, SelftestOptions};
 use csm_parity::faults::Fault;
 use csm_parity::model::fixture::{self, SplitMix64};
-use csm_parity::model::weights::{read_safetensors, write_safetensors};
-use csm_parity::model::{DType, Frames, LlamaModel};
+use csm_parity::model::{read_safetensors, write_safetensors};
+use csm_parity::model::{DType, Frames, LlamaModel, Model};
 use csm_parity::sampling::{reference_sample, NoiseMode, PostProcess, SamplerSpec, SharedNoise};
-use csm_parity::selftest::{selftest_model, SelftestOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -68,11 +68,12 @@ fn max_abs(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 fn logits_agree_between_backends_with_and_without_adapter() {
     let mut per_adapter = vec![];
     for adapter in [false, true] {
-        let model = load(adapter);
-        let ids = model.prompt_ids("the cat sat on the mat", false).unwrap();
-        let prompt = Frames::lm(&ids, model.config.vocab_size).unwrap();
-        let mut t = backend::load_llama(BackendKind::Torch, &model, DType::F32).unwrap();
-        let mut m = backend::load_llama(BackendKind::Mlx, &model, DType::F32).unwrap();
+        let lm = load(adapter);
+        let ids = lm.prompt_ids("the cat sat on the mat", false).unwrap();
+        let prompt = Frames::lm(&ids, lm.config.vocab_size).unwrap();
+        let model = Model::Llama(lm);
+        let mut t = backend::load(BackendKind::Torch, &model, DType::F32).unwrap();
+        let mut m = backend::load(BackendKind::Mlx, &model, DType::F32).unwrap();
         let (tt, tl) = greedy(t.as_mut(), &prompt, None, 24);
         // MLX teacher-forced on torch's tokens: every step comparable.
         let (mt, ml) = greedy(m.as_mut(), &prompt, Some(&tt), 24);
@@ -140,17 +141,17 @@ fn shared_noise_token_streams_are_identical_and_decode_to_the_same_text() {
     ];
     let mut n = 0;
     for adapter in [false, true] {
-        let model = load(adapter);
+        let model = Model::Llama(load(adapter));
+        let Model::Llama(lm) = &model else {
+            unreachable!()
+        };
         for text in ["Hello there.", "the cat sat on the mat", "Parity, please!"] {
             for seed in [1u64, 7, 2024] {
                 let sampler = samplers[(seed as usize + n) % samplers.len()];
                 let out = tmp.path().join(format!("run{n}"));
                 n += 1;
-                let s = capture_model(
-                    ModelRef::Llama(&model),
-                    &opts(&out, text, seed, sampler, Mode::Independent),
-                )
-                .unwrap();
+                let s =
+                    capture(&model, &opts(&out, text, seed, sampler, Mode::Independent)).unwrap();
                 let what = format!("adapter {adapter}, {text:?}, seed {seed}, {sampler:?}");
                 assert_eq!(s.tokens_equal, Some(true), "{what}\n{}", s.render());
                 assert_eq!(s.model_kind, "llama");
@@ -172,9 +173,9 @@ fn shared_noise_token_streams_are_identical_and_decode_to_the_same_text() {
                         .tokens()
                         .iter()
                         .map(|&t| t as u32)
-                        .filter(|t| !model.eos_ids.contains(t))
+                        .filter(|t| !lm.eos_ids.contains(t))
                         .collect();
-                    model.decode(&ids).unwrap()
+                    lm.decode(&ids).unwrap()
                 };
                 let (ta, tb) = (decode(&a), decode(&b));
                 assert_eq!(ta, tb, "{what}");
@@ -201,10 +202,10 @@ fn shared_noise_token_streams_are_identical_and_decode_to_the_same_text() {
 
 #[test]
 fn on_device_samplers_match_the_host_reference_with_top_p_and_min_p() {
-    let model = load(false);
+    let model = Model::Llama(load(false));
     let mut backends: Vec<Box<dyn Backend>> = [BackendKind::Torch, BackendKind::Mlx]
         .into_iter()
-        .map(|k| backend::load_llama(k, &model, DType::F32).unwrap())
+        .map(|k| backend::load(k, &model, DType::F32).unwrap())
         .collect();
     let v = 272;
     let mut rng = SplitMix64(99);
@@ -266,7 +267,7 @@ fn chat_prompt_uses_the_llama3_header_format() {
         Mode::Independent,
     );
     o.chat = true;
-    let s = capture_model(ModelRef::Llama(&model), &o).unwrap();
+    let s = capture(&Model::Llama(model), &o).unwrap();
     assert_eq!(s.tokens_equal, Some(true));
     let r = Run::open(&tmp.path().join("mlx")).unwrap();
     assert_eq!(
@@ -366,8 +367,9 @@ fn tied_embeddings_load_and_agree() {
     let model = LlamaModel::load(tmp.path(), None).unwrap();
     assert_eq!(model.lm_head_name(), "model.embed_tokens.weight");
     let prompt = Frames::lm(&model.prompt_ids("hello", false).unwrap(), 272).unwrap();
-    let mut t = backend::load_llama(BackendKind::Torch, &model, DType::F32).unwrap();
-    let mut m = backend::load_llama(BackendKind::Mlx, &model, DType::F32).unwrap();
+    let model = Model::Llama(model);
+    let mut t = backend::load(BackendKind::Torch, &model, DType::F32).unwrap();
+    let mut m = backend::load(BackendKind::Mlx, &model, DType::F32).unwrap();
     let (tt, tl) = greedy(t.as_mut(), &prompt, None, 8);
     let (_, ml) = greedy(m.as_mut(), &prompt, Some(&tt), 8);
     assert!(max_abs(&tl, &ml) <= 1e-4);
@@ -392,7 +394,7 @@ fn selftest_on_the_llama_path_gives_the_expected_verdicts() {
         out: tmp.path().to_path_buf(),
         codec: false,
     };
-    let r = selftest_model(ModelRef::Llama(&model), &o).unwrap();
+    let r = selftest(&Model::Llama(model), &o).unwrap();
     let table = r.render();
     eprintln!("{table}");
     let get = |case: &str| r.rows.iter().find(|row| row.case == case).unwrap();
@@ -424,7 +426,7 @@ fn divergence_table_shows_decoded_llama_tokens() {
         Mode::Independent,
     );
     o.inject = Some(Fault::RopeHalves);
-    capture_model(ModelRef::Llama(&model), &o).unwrap();
+    capture(&Model::Llama(model), &o).unwrap();
     let (a, b) = (
         Run::open(&tmp.path().join("cap/torch")).unwrap(),
         Run::open(&tmp.path().join("cap/mlx")).unwrap(),

@@ -2,9 +2,9 @@
 //! with the tolerance shown to bite, and bad codec directories refused with clear errors.
 #![cfg(all(feature = "mlx", feature = "torch"))]
 use csm_parity::backend::{load_codec, BackendKind, CodecFault};
-use csm_parity::conform_mimi::{check_codec, MimiCase, AUDIO_ATOL};
+use csm_parity::commands::conform_mimi::{check_codec, MimiCase, AUDIO_ATOL};
 use csm_parity::model::mimi::MimiModel;
-use csm_parity::model::weights::write_safetensors;
+use csm_parity::model::write_safetensors;
 use csm_parity::model::{DType, HostTensor};
 use std::path::{Path, PathBuf};
 

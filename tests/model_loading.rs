@@ -1,8 +1,9 @@
 //! Backend-neutral: config, weight index validation (missing key, wrong shape, wrong dtype,
 //! mixed layouts), both layouts mapped to the same tensors, inspect.
-use csm_parity::inspect::inspect;
-use csm_parity::model::weights::{load_csm, write_safetensors, DType, HostTensor};
+use csm_parity::commands::inspect::inspect;
+use csm_parity::model::csm::weights::load_csm;
 use csm_parity::model::{fixture, CsmConfig};
+use csm_parity::model::{write_safetensors, DType, HostTensor};
 use std::path::{Path, PathBuf};
 
 fn case_dir() -> PathBuf {
@@ -34,7 +35,7 @@ fn fixture_loads_and_validates() {
     let w = load_csm(dir.path(), &cfg).unwrap();
     assert_eq!(
         w.tensors.len(),
-        csm_parity::model::weights::expected_tensors(&cfg).len()
+        csm_parity::model::csm::expected_tensors(&cfg).len()
     );
     assert_eq!(w.sha256.len(), 64);
 }

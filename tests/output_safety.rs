@@ -283,13 +283,13 @@ fn conform_case_errors_name_the_file() {
     let load_err = || {
         format!(
             "{:#}",
-            csm_parity::conform::Case::load(&case)
+            csm_parity::commands::conform::Case::load(&case)
                 .err()
                 .expect("refused")
         )
     };
     write_good();
-    csm_parity::conform::Case::load(&case).unwrap();
+    csm_parity::commands::conform::Case::load(&case).unwrap();
     // Truncated array.
     let p = case.join("depth_logits.npy");
     let b = std::fs::read(&p).unwrap();

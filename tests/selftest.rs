@@ -1,12 +1,12 @@
 //! Issue 6: every injected MLX-port bug gets its expected verdict, and nothing cries wolf.
 #![cfg(all(feature = "mlx", feature = "torch"))]
+use csm_parity::commands::selftest::{selftest, SelftestOptions};
 use csm_parity::faults::Fault;
-use csm_parity::model::{fixture, CsmModel};
-use csm_parity::selftest::{selftest, SelftestOptions};
+use csm_parity::model::{fixture, CsmModel, Model};
 
 #[test]
 fn every_fault_gets_its_expected_verdict() {
-    let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+    let model = Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let o = SelftestOptions {
         max_frames: 48,
@@ -80,7 +80,7 @@ fn every_fault_gets_its_expected_verdict() {
 /// on a fault that acted.
 #[test]
 fn remap_low_is_exercised_at_16_frames() {
-    let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+    let model = Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let o = SelftestOptions {
         max_frames: 16,

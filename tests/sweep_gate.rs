@@ -29,10 +29,10 @@ mod with_backends {
         v["result"].clone()
     }
 
-    use csm_parity::model::{fixture, CsmModel};
+    use csm_parity::model::{fixture, CsmModel, Model};
     use csm_parity::sweep::{self, output, Execution, SweepSpec};
 
-    fn spec(model: &CsmModel) -> SweepSpec {
+    fn spec(model: &Model) -> SweepSpec {
         SweepSpec {
             temperatures: vec![0.6, 0.9],
             top_ks: vec![5, 50],
@@ -41,7 +41,7 @@ mod with_backends {
             max_frames: 6,
             speaker: 0,
             dtype: "f32".into(),
-            model_sha256: model.weights.sha256.clone(),
+            model_sha256: model.sha256().into(),
             model_path: "tiny-csm".into(),
             candidate: None,
         }
@@ -51,7 +51,8 @@ mod with_backends {
     /// shards 1/2 + 2/2 (through the CLI) merged equal the unsharded result.
     #[test]
     fn sweep_writes_outputs_resumes_and_shards_merge_to_the_same_result() {
-        let model = CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap();
+        let model =
+            Model::Csm(CsmModel::load(&fixture::ensure_default_fixture().unwrap()).unwrap());
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("full");
         let spec = spec(&model);

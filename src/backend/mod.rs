@@ -2,7 +2,7 @@
 //! frame at a time, sampling on-device, with KV caches. CSM emits a frame of C audio codebooks;
 //! a plain Llama LM is the same with C = 1 (a frame is one token).
 use crate::capture::BackendInfo;
-use crate::model::{CsmModel, DType, Frames, LlamaModel};
+use crate::model::{DType, Frames, Model};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 
@@ -187,16 +187,24 @@ pub trait Backend {
     }
 }
 
-/// Loads `model` into the backend `kind` computing in `dtype`.
-pub fn load(kind: BackendKind, model: &CsmModel, dtype: DType) -> Result<Box<dyn Backend>> {
-    match kind {
+/// Loads `model` into the backend `kind` computing in `dtype`: a [`Backend`] whose frames are
+/// CSM frames of C codebooks, or single tokens for a Llama LM (with its adapter, if any). A new
+/// model family adds its two arms here (its pipelines live in `backend/{mlx,torch}/<name>.rs`).
+pub fn load(kind: BackendKind, model: &Model, dtype: DType) -> Result<Box<dyn Backend>> {
+    match (kind, model) {
         #[cfg(feature = "torch")]
-        BackendKind::Torch => Ok(Box::new(torch::TorchCsm::load(model, dtype)?)),
+        (BackendKind::Torch, Model::Csm(m)) => Ok(Box::new(torch::TorchCsm::load(m, dtype)?)),
+        #[cfg(feature = "torch")]
+        (BackendKind::Torch, Model::Llama(m)) => {
+            Ok(Box::new(torch::llama::TorchLlama::load(m, dtype)?))
+        }
         #[cfg(feature = "mlx")]
-        BackendKind::Mlx => Ok(Box::new(mlx::MlxCsm::load(model, dtype)?)),
+        (BackendKind::Mlx, Model::Csm(m)) => Ok(Box::new(mlx::MlxCsm::load(m, dtype)?)),
+        #[cfg(feature = "mlx")]
+        (BackendKind::Mlx, Model::Llama(m)) => Ok(Box::new(mlx::llama::MlxLlama::load(m, dtype)?)),
         #[allow(unreachable_patterns)]
-        other => {
-            let _ = (model, dtype);
+        (other, _) => {
+            let _ = dtype;
             Err(not_compiled(other))
         }
     }
@@ -244,22 +252,6 @@ pub(crate) fn not_compiled(kind: BackendKind) -> anyhow::Error {
         kind.name(),
         kind.name()
     )
-}
-
-/// Loads the Llama LM `model` (with its adapter, if any) into the backend `kind`: a
-/// [`Backend`] with one codebook whose frames are single tokens.
-pub fn load_llama(kind: BackendKind, model: &LlamaModel, dtype: DType) -> Result<Box<dyn Backend>> {
-    match kind {
-        #[cfg(feature = "torch")]
-        BackendKind::Torch => Ok(Box::new(torch::llama::TorchLlama::load(model, dtype)?)),
-        #[cfg(feature = "mlx")]
-        BackendKind::Mlx => Ok(Box::new(mlx::llama::MlxLlama::load(model, dtype)?)),
-        #[allow(unreachable_patterns)]
-        other => {
-            let _ = (model, dtype);
-            Err(not_compiled(other))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -159,6 +159,28 @@ pub struct Timings {
     pub step_positions: Vec<u32>,
 }
 
+impl Timings {
+    /// The timings of a run from its per-step times (µs): the first step (the prompt) is the
+    /// prefill, the mean frame time is that of the steps after it (of the only step when there
+    /// is one).
+    pub fn of_steps(load_ms: f64, step_us: &[f64], step_positions: Vec<u32>) -> Timings {
+        let total_us: f64 = step_us.iter().sum();
+        let steady = &step_us[step_us.len().min(1)..];
+        let mean_frame_ms = if steady.is_empty() {
+            total_us / 1e3
+        } else {
+            steady.iter().sum::<f64>() / steady.len() as f64 / 1e3
+        };
+        Timings {
+            load_ms,
+            prefill_ms: step_us.first().copied().unwrap_or(0.0) / 1e3,
+            total_ms: total_us / 1e3,
+            mean_frame_ms,
+            step_positions,
+        }
+    }
+}
+
 impl Manifest {
     /// A manifest with placeholder values for a run written by a test, a script or a foreign
     /// pipeline; fill in what you know. [`crate::capture::RunWriter`] sets format, status,

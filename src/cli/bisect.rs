@@ -1,7 +1,7 @@
 //! `csm-parity bisect` (issue 17).
 use super::common::{parse_tolerance, print_json, print_out};
-use crate::bisect::{bisect, BisectOptions};
 use crate::capture::Run;
+use crate::commands::bisect::{bisect, BisectOptions};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 use super::common::{print_json, BackendChoice, ModelArgs, ModelKindChoice};
 use crate::backend::BackendKind;
 use crate::capture::Storage;
-use crate::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
+use crate::commands::capture::{capture, CaptureOptions, Mode};
+use crate::model::Step;
 use crate::sampling::{parse_temperature, parse_top_k, NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -98,18 +99,18 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         SamplerSpec::new(a.temp, a.top_k, a.noise, a.seed)?.with_filters(a.top_p, a.min_p)?;
     let mut backends = a.backend.kinds()?;
     let t0 = std::time::Instant::now();
-    let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
+    let model = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
     let model_load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let model = loaded.as_ref();
-    let max_frames = match (model, a.max_frames, a.max_tokens) {
-        (ModelRef::Csm(_), _, Some(_)) => {
+    let frames = model.step() == Step::FRAME;
+    let max_frames = match (frames, a.max_frames, a.max_tokens) {
+        (true, _, Some(_)) => {
             bail!("--max-tokens applies to Llama models; use --max-frames for CSM")
         }
-        (ModelRef::Llama(_), Some(_), _) => {
+        (false, Some(_), _) => {
             bail!("--max-frames applies to CSM; use --max-tokens for a Llama model")
         }
-        (ModelRef::Csm(_), f, None) => f.unwrap_or(32),
-        (ModelRef::Llama(_), None, t) => t.unwrap_or(64),
+        (true, f, None) => f.unwrap_or(32),
+        (false, None, t) => t.unwrap_or(64),
     };
     backends.sort_by_key(|k| *k != a.reference);
     let opts = CaptureOptions {
@@ -131,9 +132,9 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         force: a.force,
         codec_fault: a.inject_codec,
         audio: match (a.no_audio, a.codec) {
-            (true, _) => crate::capture_run::AudioSetting::Off,
-            (false, Some(d)) => crate::capture_run::AudioSetting::Codec(d),
-            (false, None) => crate::capture_run::AudioSetting::Auto,
+            (true, _) => crate::commands::capture::AudioSetting::Off,
+            (false, Some(d)) => crate::commands::capture::AudioSetting::Codec(d),
+            (false, None) => crate::commands::capture::AudioSetting::Auto,
         },
     };
     let mut notes = Vec::new();
@@ -143,7 +144,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
             notes.push(note);
         }
     }
-    let mut summary = capture_model(model, &opts)?;
+    let mut summary = capture(&model, &opts)?;
     summary.model_load_ms = Some(model_load_ms);
     summary.peak_rss_bytes = crate::util::peak_rss_bytes();
     summary.notes = notes;

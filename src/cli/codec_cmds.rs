@@ -301,7 +301,7 @@ fn read_codes(path: &Path, cfg: &MimiConfig, codec_dir: &Path) -> Result<Vec<Vec
     if path.is_dir() || !path.exists() {
         bail!("{}: no such .npy file", path.display());
     }
-    let (shape, values, integer) = crate::conform::read_npy_typed(path)?;
+    let (shape, values, integer) = crate::commands::conform::read_npy_typed(path)?;
     let [f, c] = shape[..] else {
         bail!(
             "{}: shape {shape:?}; expected codes [frames, codebooks] (2 dimensions)",

@@ -1,7 +1,6 @@
 //! Arguments and helpers shared by several commands.
 use crate::backend::BackendKind;
-use crate::capture_run::ModelRef;
-use crate::model::{fixture, CsmModel, DType, LlamaModel};
+use crate::model::{fixture, CsmModel, DType, LlamaModel, Model};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -34,7 +33,9 @@ impl BackendChoice {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json). Default: the bundled
-    /// tiny fixture (fixtures/tiny-csm), made on first use.
+    /// tiny fixture, made on first use in `tiny-csm/` under $CSM_PARITY_FIXTURES, else the
+    /// `fixtures/` of the csm-parity checkout around the current directory, else
+    /// ~/.local/share/csm-parity/fixtures (docs/model.md).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The tokenizer.json to use (default: MODEL/tokenizer.json). CSM-1B's original release
@@ -80,21 +81,6 @@ pub enum ModelKindChoice {
     Llama,
 }
 
-/// A loaded model of either kind.
-pub enum LoadedModel {
-    Csm(CsmModel),
-    Llama(LlamaModel),
-}
-
-impl LoadedModel {
-    pub fn as_ref(&self) -> ModelRef<'_> {
-        match self {
-            LoadedModel::Csm(m) => ModelRef::Csm(m),
-            LoadedModel::Llama(m) => ModelRef::Llama(m),
-        }
-    }
-}
-
 impl ModelArgs {
     /// Loads the model as `kind` (detected from config.json with `auto`); `adapter` (a LoRA
     /// directory) applies to Llama models only. Without `--model`, the bundled tiny fixture of
@@ -103,7 +89,7 @@ impl ModelArgs {
         &self,
         kind: ModelKindChoice,
         adapter: Option<&std::path::Path>,
-    ) -> Result<LoadedModel> {
+    ) -> Result<Model> {
         let dir = match (&self.model, kind) {
             (None, ModelKindChoice::Llama) => fixture::ensure_llama_fixture()?,
             _ => self.dir()?,
@@ -120,7 +106,7 @@ impl ModelArgs {
                 }
             }
             crate::model::require_tokenizer(&dir, self.tokenizer.as_deref())?;
-            Ok(LoadedModel::Llama(LlamaModel::load_with(
+            Ok(Model::Llama(LlamaModel::load_with(
                 &dir,
                 adapter,
                 self.tokenizer.as_deref(),
@@ -130,7 +116,7 @@ impl ModelArgs {
                 bail!("--adapter applies to Llama models only ({} is a CSM model; pass --model-kind llama if it is not)", dir.display());
             }
             crate::model::require_tokenizer(&dir, self.tokenizer.as_deref())?;
-            Ok(LoadedModel::Csm(CsmModel::load_with(
+            Ok(Model::Csm(CsmModel::load_with(
                 &dir,
                 self.tokenizer.as_deref(),
             )?))

@@ -98,7 +98,7 @@ pub struct VerifyArgs {
 
 pub fn run_verify(a: VerifyArgs) -> Result<i32> {
     let model = a.model.load()?;
-    let opts = crate::verify::VerifyOptions {
+    let opts = crate::commands::verify::VerifyOptions {
         frames: a.frames,
         dtype: a.model.dtype,
         text: a.text,
@@ -112,7 +112,7 @@ pub fn run_verify(a: VerifyArgs) -> Result<i32> {
         cache_atol: a.cache_atol,
         cache_rtol: a.cache_rtol,
     };
-    let report = crate::verify::verify(&model, &opts)?;
+    let report = crate::commands::verify::verify(&crate::model::Model::Csm(model), &opts)?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -130,7 +130,7 @@ pub struct InspectArgs {
 }
 
 pub fn run_inspect(a: InspectArgs) -> Result<i32> {
-    let ins = crate::inspect::inspect(&a.model)?;
+    let ins = crate::commands::inspect::inspect(&a.model)?;
     if a.json {
         print_json(&ins)?;
     } else {
@@ -164,14 +164,14 @@ fn parse_layout(s: &str) -> Result<Layout, String> {
 }
 
 pub fn run_conform(a: ConformArgs) -> Result<i32> {
-    if crate::conform_mimi::is_mimi_case(&a.case) {
+    if crate::commands::conform_mimi::is_mimi_case(&a.case) {
         if a.layout.is_some() {
             anyhow::bail!(
                 "--layout applies to CSM cases; {} is a Mimi codec case",
                 a.case.display()
             );
         }
-        let report = crate::conform_mimi::conform_mimi(&a.case, &a.backend.kinds()?)?;
+        let report = crate::commands::conform_mimi::conform_mimi(&a.case, &a.backend.kinds()?)?;
         if a.json {
             print_json(&report)?;
         } else {
@@ -180,7 +180,12 @@ pub fn run_conform(a: ConformArgs) -> Result<i32> {
         return Ok(if report.conforms { 0 } else { 1 });
     }
     let layouts = a.layout.map(|l| vec![l]);
-    let report = crate::conform::conform(&a.case, &a.backend.kinds()?, layouts.as_deref(), a.atol)?;
+    let report = crate::commands::conform::conform(
+        &a.case,
+        &a.backend.kinds()?,
+        layouts.as_deref(),
+        a.atol,
+    )?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -223,16 +228,16 @@ pub struct SelftestArgs {
 
 pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
     let loaded = a.model.load_any(a.model_kind, a.adapter.as_deref())?;
-    let model = loaded.as_ref();
+    let model = &loaded;
     // The full run (no --fault) also proves the audio stage with the codec faults.
     let codec = a.faults.is_empty();
     let faults = if a.faults.is_empty() {
-        crate::selftest::applicable_faults(model)
+        crate::commands::selftest::applicable_faults(model)
     } else {
         a.faults
     };
     crate::outputs::claim_dir(&a.out, crate::outputs::OutputKind::Selftest, "--out")?;
-    let o = crate::selftest::SelftestOptions {
+    let o = crate::commands::selftest::SelftestOptions {
         max_frames: a.max_frames,
         seed: a.seed,
         temperature: a.temp,
@@ -242,7 +247,7 @@ pub fn run_selftest(a: SelftestArgs) -> Result<i32> {
         out: a.out,
         codec,
     };
-    let report = crate::selftest::selftest_model(model, &o)?;
+    let report = crate::commands::selftest::selftest(model, &o)?;
     if a.json {
         print_json(&report)?;
     } else {

@@ -3,8 +3,8 @@
 use super::common::{print_json, ModelArgs, ModelKindChoice};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::load_backends;
-use crate::rescore::{model_dir_of, rescore, RescoreOptions};
+use crate::commands::capture::load_backends;
+use crate::commands::rescore::{model_dir_of, rescore, RescoreOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -67,8 +67,8 @@ pub fn run(a: RescoreArgs) -> Result<i32> {
         dtype: a.dtype,
     };
     let loaded = model_args.load_any(kind, a.adapter.as_deref())?;
-    let model = loaded.as_ref();
-    crate::rescore::check_compatible(model, &run)?;
+    let model = &loaded;
+    crate::commands::rescore::check_compatible(model, &run)?;
     let mut backends = load_backends(model, &[a.backend], a.dtype)?;
     let lb = &mut backends[0];
     let opts = RescoreOptions {

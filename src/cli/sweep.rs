@@ -132,9 +132,9 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
         Some(_) => a
             .model
             .load_any(super::common::ModelKindChoice::Auto, None)?,
-        None => super::common::LoadedModel::Csm(a.model.load()?),
+        None => crate::model::Model::Csm(a.model.load()?),
     };
-    let model = loaded.as_ref();
+    let model = &loaded;
     let spec = SweepSpec {
         temperatures: a.temps,
         top_ks: a.topk,

@@ -1,9 +1,10 @@
 //! The tiny fixture model: deterministic weights of the CSM architecture (original key names),
 //! its config and a small byte-level tokenizer, and its codec: a tiny Mimi in `codec/`.
 //! Same seed → byte-identical files.
-use super::config::CsmConfig;
+use super::checkpoint::write_safetensors;
+use super::csm::{expected_tensors, CsmConfig};
 use super::mimi::MimiConfig;
-use super::weights::{expected_tensors, write_safetensors, DType, HostTensor};
+use super::tensor::{DType, HostTensor};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -277,11 +278,53 @@ pub fn write_fixture(dir: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The bundled fixture's directory: `fixtures/tiny-csm` in the repository (made on first use).
-pub fn default_fixture_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("tiny-csm")
+/// Where the bundled fixtures are made and found, resolved at run time (an installed or copied
+/// binary never looks for the tree it was built in), first match:
+/// 1. `$CSM_PARITY_FIXTURES`;
+/// 2. the `fixtures/` folder of the csm-parity checkout the current directory is in (the nearest
+///    ancestor with `fixtures/gate.toml`);
+/// 3. the user data directory: `$XDG_DATA_HOME/csm-parity/fixtures`, by default
+///    `~/.local/share/csm-parity/fixtures`.
+pub fn fixtures_root() -> Result<std::path::PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    fixtures_root_from(
+        env("CSM_PARITY_FIXTURES").map(Into::into),
+        std::env::current_dir().ok(),
+        env("XDG_DATA_HOME").map(Into::into),
+        env("HOME").map(Into::into),
+    )
+}
+
+/// [`fixtures_root`] from its inputs (the variables and the current directory).
+pub fn fixtures_root_from(
+    explicit: Option<std::path::PathBuf>,
+    cwd: Option<std::path::PathBuf>,
+    xdg_data: Option<std::path::PathBuf>,
+    home: Option<std::path::PathBuf>,
+) -> Result<std::path::PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir);
+    }
+    if let Some(project) = cwd.as_deref().and_then(|c| {
+        c.ancestors()
+            .find(|a| a.join("fixtures/gate.toml").is_file())
+    }) {
+        return Ok(project.join("fixtures"));
+    }
+    match (xdg_data, home) {
+        (Some(data), _) => Ok(data.join("csm-parity").join("fixtures")),
+        (None, Some(home)) => Ok(home.join(".local/share/csm-parity/fixtures")),
+        (None, None) => anyhow::bail!(
+            "no place for the bundled fixtures: not inside a csm-parity checkout, and neither \
+             CSM_PARITY_FIXTURES, XDG_DATA_HOME nor HOME is set; pass --model DIR or set \
+             CSM_PARITY_FIXTURES"
+        ),
+    }
+}
+
+/// The bundled fixture's directory: `tiny-csm` under [`fixtures_root`] (made on first use).
+pub fn default_fixture_dir() -> Result<std::path::PathBuf> {
+    Ok(fixtures_root()?.join("tiny-csm"))
 }
 
 /// Version of the fixture generators, written as `fixture_version` into each fixture's
@@ -311,7 +354,7 @@ fn ensure_fixture(
 /// Makes the default fixture if it is absent or stale; returns its directory.
 pub fn ensure_default_fixture() -> Result<std::path::PathBuf> {
     ensure_fixture(
-        default_fixture_dir(),
+        default_fixture_dir()?,
         Path::new("codec/model.safetensors"),
         "tiny fixture model",
         |d| write_fixture(d, DEFAULT_SEED),
@@ -450,12 +493,10 @@ pub fn write_llama_fixture(dir: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The bundled Llama fixture (`fixtures/tiny-llama`, made on first use or when stale);
+/// The bundled Llama fixture (`tiny-llama` under [`fixtures_root`], made on first use or when stale);
 /// returns its directory.
 pub fn ensure_llama_fixture() -> Result<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("tiny-llama");
+    let dir = fixtures_root()?.join("tiny-llama");
     // adapter_config.json is written last: its presence means the fixture is complete.
     ensure_fixture(
         dir,
@@ -560,6 +601,39 @@ pub fn write_codec_fixture(dir: &Path, cfg: &MimiConfig, seed: u64) -> Result<()
 mod tests {
     use super::*;
     use crate::model::tokenizer::PromptTokenizer;
+
+    #[test]
+    fn fixtures_are_found_at_run_time_not_where_the_binary_was_built() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("proj");
+        std::fs::create_dir_all(project.join("fixtures")).unwrap();
+        std::fs::write(project.join("fixtures/gate.toml"), "").unwrap();
+        let deep = project.join("runs/a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let p = |x: &str| Some(std::path::PathBuf::from(x));
+        // The variable wins, then the checkout around the current directory.
+        assert_eq!(
+            fixtures_root_from(p("/fx"), Some(deep.clone()), None, p("/home/u")).unwrap(),
+            std::path::PathBuf::from("/fx")
+        );
+        assert_eq!(
+            fixtures_root_from(None, Some(deep), p("/data"), p("/home/u")).unwrap(),
+            project.join("fixtures")
+        );
+        // Outside a checkout: the user data directory.
+        assert_eq!(
+            fixtures_root_from(None, Some(elsewhere.clone()), p("/data"), p("/home/u")).unwrap(),
+            std::path::PathBuf::from("/data/csm-parity/fixtures")
+        );
+        assert_eq!(
+            fixtures_root_from(None, Some(elsewhere.clone()), None, p("/home/u")).unwrap(),
+            std::path::PathBuf::from("/home/u/.local/share/csm-parity/fixtures")
+        );
+        let err = fixtures_root_from(None, Some(elsewhere), None, None).unwrap_err();
+        assert!(format!("{err}").contains("CSM_PARITY_FIXTURES"), "{err}");
+    }
 
     #[test]
     fn bf16_random_weights_are_the_f32_ones_rounded() {

@@ -1,65 +1,144 @@
-//! Backend-neutral model code: config, safetensors weight index, prompt → frames, fixture.
-pub mod config;
+//! Backend-neutral model code, one folder per model family (`csm/`, `llama/`, `mimi/`) over
+//! shared parts: host tensors and frames (`tensor`), checkpoint files (`checkpoint`), the Llama
+//! transformer flavour (`flavor`), the tokenizer, the fixtures.
+//!
+//! A generation model family is one line of [`model_families!`]: the [`Model`] enum and its
+//! [`Family`] view come from that list; the family's code lives in `model/<name>/` (implementing
+//! [`Family`]) and `backend/{mlx,torch}/<name>.rs`.
+pub mod checkpoint;
+pub mod csm;
 pub mod fixture;
+pub mod flavor;
 pub mod llama;
-pub mod lora;
 pub mod mimi;
+pub mod tensor;
 pub mod tokenizer;
-pub mod weights;
 
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-pub use config::{CsmConfig, LlamaFlavor, RopeScaling};
-pub use llama::{LlamaConfig, LlamaModel};
-pub use lora::LoraAdapter;
+pub use checkpoint::{read_safetensors, weight_files, write_safetensors};
+pub use csm::{CsmConfig, CsmModel, CsmWeights, Layout};
+pub use flavor::{LlamaFlavor, RopeScaling};
+pub use llama::{LlamaConfig, LlamaModel, LoraAdapter};
 pub use mimi::{MimiConfig, MimiModel};
-pub use tokenizer::{Frames, PromptTokenizer};
-pub use weights::{CsmWeights, DType, HostTensor, Layout};
+pub use tensor::{DType, Frames, HostTensor};
+pub use tokenizer::PromptTokenizer;
 
-/// A CSM model directory, validated: config + weights (original names) + optional tokenizer.
-pub struct CsmModel {
-    pub dir: PathBuf,
-    pub config: CsmConfig,
-    pub weights: CsmWeights,
-    pub tokenizer: Option<PromptTokenizer>,
+/// What one generation step is called, and the flag and stop reason that bound the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// `frame` or `token`.
+    pub unit: &'static str,
+    /// `--max-frames` or `--max-tokens`.
+    pub limit_flag: &'static str,
+    /// The stop reason when the limit is reached: `max_frames` or `max_tokens`.
+    pub limit_reason: &'static str,
 }
 
-impl CsmModel {
-    pub fn load(dir: &Path) -> Result<Self> {
-        Self::load_with(dir, None)
-    }
+impl Step {
+    /// A step of CSM: one frame of audio codebooks.
+    pub const FRAME: Step = Step {
+        unit: "frame",
+        limit_flag: "--max-frames",
+        limit_reason: "max_frames",
+    };
+    /// A step of a language model: one token.
+    pub const TOKEN: Step = Step {
+        unit: "token",
+        limit_flag: "--max-tokens",
+        limit_reason: "max_tokens",
+    };
+}
 
-    /// Loads `dir` with the tokenizer `tokenizer` (default: `dir/tokenizer.json` when present).
-    /// The config and the tokenizer are read and checked before any weight is.
-    pub fn load_with(dir: &Path, tokenizer: Option<&Path>) -> Result<Self> {
-        let config = CsmConfig::from_file(&dir.join("config.json"))
-            .with_context(|| format!("loading the model in {}", dir.display()))?;
-        let tokenizer = load_tokenizer(dir, tokenizer)?;
-        let weights = weights::load_csm(dir, &config)?;
-        Ok(CsmModel {
-            dir: dir.to_path_buf(),
-            config,
-            weights,
-            tokenizer,
-        })
+/// What the frame loop and the commands need to know of a generation model, whatever its
+/// family: CSM emits frames of C audio codebooks, a plain Llama LM is the same with C = 1.
+pub trait Family {
+    /// `csm`, `llama`: the manifest's `model.kind`.
+    fn kind(&self) -> &'static str;
+    fn dir(&self) -> &Path;
+    /// Tokens sampled per step (audio codebooks; 1 for an LM).
+    fn codebooks(&self) -> usize;
+    /// Vocabulary of the sampled tokens.
+    fn vocab(&self) -> usize;
+    /// Positions the backbone has room for, and the config name of that number.
+    fn max_positions(&self) -> (usize, &'static str);
+    /// Prompt token ids and the input rows of the first step.
+    fn prompt(&self, text: &str, speaker: u32, chat: bool) -> Result<(Vec<u32>, Frames)>;
+    /// The input rows of prompt token ids (as a run records them).
+    fn prompt_of_ids(&self, ids: &[u32]) -> Result<Frames>;
+    /// The stop reason when a step's sampled tokens end generation (`eos`, `eos_token`).
+    fn stop_of(&self, sampled: &[i32]) -> Option<&'static str>;
+    fn step(&self) -> Step;
+    /// Decoded text of the generated tokens (an LM), or None.
+    fn output_text(&self, sampled: &[Vec<i32>]) -> Result<Option<String>>;
+    /// Key naming of the checkpoint (`original`, `hf`).
+    fn layout(&self) -> &'static str;
+    /// sha256 over the weight files.
+    fn sha256(&self) -> &str;
+    /// The config as recorded in manifests.
+    fn config_json(&self) -> serde_json::Value;
+    /// Whether the frames are audio (a codec turns them into sound).
+    fn speaks(&self) -> bool {
+        false
     }
+}
 
-    /// The prompt frames of `text` spoken by `speaker`.
-    pub fn prompt_frames(&self, speaker: u32, text: &str) -> Result<(Vec<u32>, Frames)> {
-        let tok = self.tokenizer.as_ref().with_context(|| {
-            format!(
-                "{}: no tokenizer.json (needed for --text)",
-                self.dir.display()
-            )
-        })?;
-        let ids = tok.encode_segment(speaker, text)?;
-        let frames = Frames::text(
-            &ids,
-            self.config.audio_num_codebooks,
-            self.config.text_vocab_size,
-        )?;
-        Ok((ids, frames))
+/// How a family's model directory is opened.
+pub trait Open: Sized {
+    /// The family's [`Family::kind`].
+    const KIND: &'static str;
+    /// Loads `dir` (config and tokenizer checked before any weight is read), with `tokenizer`
+    /// instead of `dir/tokenizer.json` when given.
+    fn open(dir: &Path, tokenizer: Option<&Path>) -> Result<Self>;
+}
+
+/// Declares the generation model families: the [`Model`] enum, its [`Family`] view, opening a
+/// directory by kind and the `From` conversions, from one line per family (`Variant(Type)`).
+macro_rules! model_families {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// A loaded generation model of any family.
+        pub enum Model {
+            $($variant($ty),)*
+        }
+
+        impl Model {
+            /// The family-independent view of the model.
+            pub fn family(&self) -> &(dyn Family + 'static) {
+                match self {
+                    $(Model::$variant(m) => m,)*
+                }
+            }
+
+            /// Opens the model directory `dir` of the family `kind` (a manifest's `model.kind`).
+            pub fn open(kind: &str, dir: &Path, tokenizer: Option<&Path>) -> Result<Model> {
+                $(if kind == <$ty as Open>::KIND {
+                    return Ok(Model::$variant(<$ty>::open(dir, tokenizer)?));
+                })*
+                anyhow::bail!(
+                    "model kind {kind:?} is not one this tool runs (expected one of: {})",
+                    [$(<$ty as Open>::KIND),*].join(", ")
+                )
+            }
+        }
+
+        $(impl From<$ty> for Model {
+            fn from(m: $ty) -> Self {
+                Model::$variant(m)
+            }
+        })*
+    };
+}
+
+model_families! {
+    Csm(CsmModel),
+    Llama(LlamaModel),
+}
+
+impl std::ops::Deref for Model {
+    type Target = dyn Family;
+    fn deref(&self) -> &Self::Target {
+        self.family()
     }
 }
 

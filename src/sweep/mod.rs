@@ -12,11 +12,11 @@ use crate::analysis::stats::{bootstrap, Estimate};
 use crate::analysis::{self, DiffOptions};
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::{
-    capture_with, load_backends, run_dir, CaptureOptions, LoadedBackend, Mode, ModelRef,
+use crate::commands::capture::{
+    capture_with, load_backends, run_dir, CaptureOptions, LoadedBackend, Mode,
 };
 use crate::gate_outside::{judge_candidate, run_candidate_cmd, CandidateJob};
-use crate::model::{CsmModel, DType};
+use crate::model::{DType, Model};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -303,11 +303,8 @@ pub struct JobSettings {
 }
 
 /// The sha256 of the weights of either model kind.
-pub fn model_sha256(model: ModelRef) -> String {
-    match model {
-        ModelRef::Csm(m) => m.weights.sha256.clone(),
-        ModelRef::Llama(m) => m.sha256.clone(),
-    }
+pub fn model_sha256(model: &Model) -> String {
+    model.sha256().into()
 }
 
 /// How a job is named in errors: its key, text, seed, temperature and top-k.
@@ -326,7 +323,7 @@ pub fn job_label(job: &Job, text: &str) -> String {
 /// first) the captures reuse those backends; with `None` each capture loads torch and MLX
 /// itself, as `csm-parity capture` does.
 pub fn run_job(
-    model: ModelRef,
+    model: &Model,
     mut loaded: Option<&mut [LoadedBackend]>,
     job: &Job,
     text: &str,
@@ -351,7 +348,7 @@ pub fn run_job(
     let mut cap = |o: &CaptureOptions| -> Result<()> {
         match loaded.as_deref_mut() {
             Some(l) => capture_with(model, o, l)?,
-            None => crate::capture_run::capture_model(model, o)?,
+            None => crate::commands::capture::capture(model, o)?,
         };
         Ok(())
     };
@@ -477,7 +474,7 @@ fn job_capture_options(
 /// draws either way).
 #[allow(clippy::too_many_arguments)]
 fn run_candidate_job(
-    model: ModelRef,
+    model: &Model,
     loaded: &mut [LoadedBackend],
     job: &Job,
     text: &str,
@@ -695,19 +692,19 @@ pub struct RunStats {
 /// Runs (or reuses) the jobs of `spec` (of one shard when given) into `dir`; returns the stats
 /// and, unless sharded, writes the aggregate outputs.
 pub fn run_sweep(
-    model: &CsmModel,
+    model: &Model,
     spec: &SweepSpec,
     dir: &Path,
     shard: Option<Shard>,
     exec: &Execution,
 ) -> Result<(RunStats, Option<SweepResult>)> {
-    run_sweep_with(ModelRef::Csm(model), spec, dir, shard, exec, None)
+    run_sweep_with(model, spec, dir, shard, exec, None)
 }
 
 /// [`run_sweep`] for either model kind, with the built-in MLX pipeline (`candidate` None) or an
 /// outside candidate as the pipeline under test (the reference is torch either way).
 pub fn run_sweep_with(
-    model: ModelRef,
+    model: &Model,
     spec: &SweepSpec,
     dir: &Path,
     shard: Option<Shard>,

@@ -1,6 +1,6 @@
 //! Mimi's configuration, read from transformers' `config.json` (`model_type: "mimi"`, as
 //! `kyutai/mimi` ships it) or from the `codec_config` object of a transformers CSM config.
-use crate::model::config::{get_f64, get_usize};
+use crate::model::flavor::{get_f64, get_usize};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;

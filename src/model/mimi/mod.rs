@@ -55,7 +55,7 @@ impl MimiModel {
             }
             _ => (MimiConfig::from_json(&v, &what)?, ""),
         };
-        let files = crate::model::weights::weight_files(dir)?;
+        let files = crate::model::checkpoint::weight_files(dir)?;
         let weights = weights::load_mimi(files, &config, prefix)?;
         Ok(MimiModel {
             dir: dir.to_path_buf(),

@@ -2,7 +2,8 @@
 //! transformers' names (`kyutai/mimi`), read from a standalone codec checkpoint or from the
 //! `codec_model.*` tensors of a transformers-layout CSM checkpoint, each key and shape checked.
 use super::config::MimiConfig;
-use crate::model::weights::{read_safetensors_where, DType, HostTensor, RawTensors};
+use crate::model::checkpoint::{read_safetensors_where, RawTensors};
+use crate::model::tensor::{DType, HostTensor};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@
 //! Checks per backend: decoded audio within `AUDIO_ATOL` of `audio.npy`, latents within
 //! `LATENTS_RTOL × max|latents.npy|`, codes equal to `wave_codes.npy`. A NaN never passes.
 use crate::backend::{load_codec, BackendKind, Codec};
-use crate::conform::read_npy;
+use crate::commands::conform::read_npy;
 use crate::model::mimi::MimiModel;
 use crate::model::DType;
 use anyhow::{bail, Result};

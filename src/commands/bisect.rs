@@ -3,11 +3,11 @@
 //! output departs beyond its tolerance (relative to the tensor's scale), with the table of every
 //! tap so the jump is visible (issue 17). Polygraphy's idea, for an MLX port.
 use crate::analysis::{self, DiffOptions};
-use crate::backend::{Backend, BackendKind, FrameRequest, Record, Tap};
+use crate::backend::{self, Backend, BackendKind, Record, Tap};
 use crate::capture::Run;
-use crate::capture_run::ModelRef;
 use crate::faults::Fault;
-use crate::model::{CsmModel, DType, Frames, LlamaModel};
+use crate::generate::{generate, Mode, Observer, Plan, Track};
+use crate::model::{DType, Frames, Model};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -77,21 +77,6 @@ fn default_rtol(d: DType) -> f64 {
     }
 }
 
-/// The model a run was made with.
-enum Loaded {
-    Csm(CsmModel),
-    Llama(LlamaModel),
-}
-
-impl Loaded {
-    fn as_ref(&self) -> ModelRef<'_> {
-        match self {
-            Loaded::Csm(m) => ModelRef::Csm(m),
-            Loaded::Llama(m) => ModelRef::Llama(m),
-        }
-    }
-}
-
 fn backend_kind(name: &str, default: BackendKind) -> BackendKind {
     match name {
         "torch" => BackendKind::Torch,
@@ -120,21 +105,12 @@ pub fn bisect(a: &Run, b: &Run, opts: &BisectOptions) -> Result<BisectReport> {
             dir.display()
         );
     }
-    let model = if ma.model.kind == "llama" {
-        Loaded::Llama(LlamaModel::load(&dir, None)?)
-    } else {
-        Loaded::Csm(CsmModel::load(&dir)?)
-    };
-    bisect_with(model.as_ref(), a, b, opts)
+    let model = Model::open(&ma.model.kind, &dir, None)?;
+    bisect_with(&model, a, b, opts)
 }
 
 /// [`bisect`] with the model already loaded (it must be the one both runs were made with).
-pub fn bisect_with(
-    model: ModelRef,
-    a: &Run,
-    b: &Run,
-    opts: &BisectOptions,
-) -> Result<BisectReport> {
+pub fn bisect_with(model: &Model, a: &Run, b: &Run, opts: &BisectOptions) -> Result<BisectReport> {
     let (ma, mb) = (a.manifest(), b.manifest());
     let dir = model.dir();
     if model.codebooks() != a.codebooks() || model.vocab() != a.vocab() {
@@ -187,12 +163,7 @@ pub fn bisect_with(
         .iter()
         .map(|&t| u32::try_from(t).with_context(|| format!("prompt token id {t} out of range")))
         .collect::<Result<_>>()?;
-    let prompt = match model {
-        ModelRef::Csm(m) => {
-            Frames::text(&ids, m.config.audio_num_codebooks, m.config.text_vocab_size)?
-        }
-        ModelRef::Llama(m) => Frames::lm(&ids, m.config.vocab_size)?,
-    };
+    let prompt = model.prompt_of_ids(&ids)?;
     let c = a.codebooks();
     let fed: Vec<Vec<i32>> = (0..=frame)
         .map(|f| a.tokens()[f * c..(f + 1) * c].to_vec())
@@ -206,7 +177,7 @@ pub fn bisect_with(
     };
     let (fault_a, fault_b) = (fault(ma)?, fault(mb)?);
     let replay = |kind: BackendKind, dtype: DType, fault: Option<Fault>| -> Result<Vec<Tap>> {
-        let mut be = model.load_backend(kind, dtype)?;
+        let mut be = backend::load(kind, model, dtype)?;
         if let Some(f) = fault {
             be.inject(f)?;
         }
@@ -243,23 +214,32 @@ fn replay(
     vocab: usize,
     seed: u64,
 ) -> Result<Vec<Tap>> {
-    be.reset(seed)?;
-    let greedy = SamplerSpec::greedy();
-    let mut input = prompt.clone();
-    let last = fed.len() - 1;
-    for (f, forced) in fed.iter().enumerate() {
-        if f == last {
-            be.set_taps(true)?;
+    /// Switches the taps on before the last step.
+    struct TapLast(usize);
+    impl Observer for TapLast {
+        fn before_step(&mut self, _: usize, step: usize, backend: &mut dyn Backend) -> Result<()> {
+            if step == self.0 {
+                backend.set_taps(true)?;
+            }
+            Ok(())
         }
-        be.generate_frame(&FrameRequest {
-            input: &input,
-            sampler: &greedy,
-            uniforms: None,
-            forced: Some(forced),
-            record: Record::default(),
-        })?;
-        input = Frames::audio(forced, vocab)?;
     }
+    let greedy = SamplerSpec {
+        seed,
+        ..SamplerSpec::greedy()
+    };
+    let plan = Plan {
+        sampler: &greedy,
+        max_steps: fed.len(),
+        record: Record::default(),
+        mode: Mode::Independent,
+        forced: Some(fed),
+        stop: None,
+        codebooks: fed.first().map_or(1, Vec::len),
+        vocab,
+    };
+    let mut tracks = [Track::new(&mut *be, prompt)];
+    generate(&mut tracks, prompt, &plan, &mut TapLast(fed.len() - 1))?;
     let taps = be.take_taps()?;
     be.set_taps(false)?;
     Ok(taps)

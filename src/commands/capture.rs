@@ -1,170 +1,31 @@
 //! `capture`: both pipelines generate from the same text with the same seed; each writes a run
 //! directory (DESIGN §4) recording every step.
 use crate::backend::codec::{load_codec, Codec};
-use crate::backend::{self, Backend, BackendKind, FrameOutput, FrameRequest, Record};
+use crate::backend::{self, Backend, BackendKind, FrameOutput, Record};
 use crate::capture::{
     f32_precision, BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter,
     SamplerInfo, Storage, Timings,
 };
 use crate::capture::{AudioManifest, AudioWriter, CodecInfo};
 use crate::faults::Fault;
-use crate::model::{CsmModel, DType, Frames, LlamaModel};
-use crate::sampling::{NoiseMode, PostProcess, SamplerSpec, SharedNoise};
+use crate::generate::{generate, Observer, Plan, Track};
+use crate::model::{DType, Frames, Model};
+use crate::sampling::{PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// How the two pipelines are coupled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Each backend samples and feeds back its own tokens.
-    Independent,
-    /// The other backend is fed the reference's sampled tokens, so its logits and probs exist
-    /// for every reference step, even after the first token mismatch.
-    Teacher,
-    /// The reference samples from the other backend's logits; the other backend computes.
-    Hybrid,
-}
+pub use crate::generate::Mode;
 
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Independent => "independent",
-            Mode::Teacher => "teacher",
-            Mode::Hybrid => "hybrid",
-        }
-    }
-}
-
-/// The model a capture runs: CSM (C audio codebooks per frame) or a plain Llama LM (one token
-/// per frame, C = 1).
-#[derive(Clone, Copy)]
-pub enum ModelRef<'a> {
-    Csm(&'a CsmModel),
-    Llama(&'a LlamaModel),
-}
-
-impl ModelRef<'_> {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ModelRef::Csm(_) => "csm",
-            ModelRef::Llama(_) => "llama",
-        }
-    }
-    pub fn dir(&self) -> &Path {
-        match self {
-            ModelRef::Csm(m) => &m.dir,
-            ModelRef::Llama(m) => &m.dir,
-        }
-    }
-    /// Codebooks per frame (1 for an LM).
-    pub fn codebooks(&self) -> usize {
-        match self {
-            ModelRef::Csm(m) => m.config.audio_num_codebooks,
-            ModelRef::Llama(_) => 1,
-        }
-    }
-    /// Vocabulary of the sampled tokens.
-    pub fn vocab(&self) -> usize {
-        match self {
-            ModelRef::Csm(m) => m.config.audio_vocab_size,
-            ModelRef::Llama(m) => m.config.vocab_size,
-        }
-    }
-    /// Prompt token ids and the input rows of the first step.
-    pub fn prompt(&self, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames)> {
-        match self {
-            ModelRef::Csm(m) => {
-                if opts.chat {
-                    bail!("--chat applies to Llama models only");
-                }
-                m.prompt_frames(opts.speaker, &opts.text)
-            }
-            ModelRef::Llama(m) => {
-                let ids = m.prompt_ids(&opts.text, opts.chat)?;
-                let frames = Frames::lm(&ids, m.config.vocab_size)?;
-                Ok((ids, frames))
-            }
-        }
-    }
-    pub fn load_backend(&self, kind: BackendKind, dtype: DType) -> Result<Box<dyn Backend>> {
-        match self {
-            ModelRef::Csm(m) => backend::load(kind, m, dtype),
-            ModelRef::Llama(m) => backend::load_llama(kind, m, dtype),
-        }
-    }
-    pub fn model_info(&self) -> ModelInfo {
-        match self {
-            ModelRef::Csm(m) => ModelInfo {
-                kind: "csm".into(),
-                path: m.dir.display().to_string(),
-                layout: m.weights.layout.name().into(),
-                sha256: m.weights.sha256.clone(),
-                config: m.config.to_original_json(),
-            },
-            ModelRef::Llama(m) => ModelInfo {
-                kind: "llama".into(),
-                path: m.dir.display().to_string(),
-                layout: "hf".into(),
-                sha256: m.sha256.clone(),
-                config: m.config_json(),
-            },
-        }
-    }
-    /// The stop reason of a frame, if it ends generation: an all-zero CSM frame (`eos`) or an
-    /// LM EOS id (`eos_token`).
-    fn stop_of(&self, sampled: &[i32]) -> Option<&'static str> {
-        match self {
-            ModelRef::Csm(_) => sampled.iter().all(|&t| t == 0).then_some("eos"),
-            ModelRef::Llama(m) => sampled
-                .first()
-                .is_some_and(|&t| m.eos_ids.contains(&(t as u32)))
-                .then_some("eos_token"),
-        }
-    }
-    /// The flag that bounds generation.
-    fn limit_flag(&self) -> &'static str {
-        match self {
-            ModelRef::Csm(_) => "--max-frames",
-            ModelRef::Llama(_) => "--max-tokens",
-        }
-    }
-    /// What one step is called.
-    fn step_unit(&self) -> &'static str {
-        match self {
-            ModelRef::Csm(_) => "frame",
-            ModelRef::Llama(_) => "token",
-        }
-    }
-    /// Positions the backbone has room for.
-    pub fn max_positions(&self) -> usize {
-        match self {
-            ModelRef::Csm(m) => m.config.backbone.max_seq_len,
-            ModelRef::Llama(m) => m.config.flavor.max_seq_len,
-        }
-    }
-    fn limit_reason(&self) -> &'static str {
-        match self {
-            ModelRef::Csm(_) => "max_frames",
-            ModelRef::Llama(_) => "max_tokens",
-        }
-    }
-    /// Decoded text of an LM's generated tokens (EOS left out).
-    fn output_text(&self, sampled: &[Vec<i32>]) -> Result<Option<String>> {
-        match self {
-            ModelRef::Csm(_) => Ok(None),
-            ModelRef::Llama(m) => {
-                let ids: Vec<u32> = sampled
-                    .iter()
-                    .flatten()
-                    .map(|&t| t as u32)
-                    .filter(|t| !m.eos_ids.contains(t))
-                    .collect();
-                m.decode(&ids).map(Some)
-            }
-        }
+/// The manifest's record of `model`.
+pub fn model_info(model: &Model) -> ModelInfo {
+    ModelInfo {
+        kind: model.kind().into(),
+        path: model.dir().display().to_string(),
+        layout: model.layout().into(),
+        sha256: model.sha256().into(),
+        config: model.config_json(),
     }
 }
 
@@ -216,15 +77,17 @@ pub enum AudioSetting {
 
 impl AudioSetting {
     /// The codec directory to use for `model`, checked before anything is loaded.
-    fn codec_dir(&self, model: ModelRef) -> Result<Option<PathBuf>> {
-        let m = match (self, model) {
-            (AudioSetting::Off, _) => return Ok(None),
-            (AudioSetting::Codec(_), ModelRef::Llama(_)) => {
-                bail!("--codec applies to CSM models (a Llama model has no audio)")
+    fn codec_dir(&self, model: &Model) -> Result<Option<PathBuf>> {
+        match (self, model.speaks()) {
+            (AudioSetting::Off, _) | (AudioSetting::Auto, false) => return Ok(None),
+            (AudioSetting::Codec(_), false) => {
+                bail!(
+                    "--codec applies to CSM models (a {} model has no audio)",
+                    model.kind()
+                )
             }
-            (AudioSetting::Auto, ModelRef::Llama(_)) => return Ok(None),
-            (_, ModelRef::Csm(m)) => m,
-        };
+            _ => {}
+        }
         let dir = match self {
             AudioSetting::Codec(d) => {
                 if !d.join("config.json").is_file() {
@@ -235,10 +98,10 @@ impl AudioSetting {
                 }
                 d.clone()
             }
-            _ => crate::model::mimi::MimiModel::codec_dir_of(&m.dir).with_context(|| {
+            _ => crate::model::mimi::MimiModel::codec_dir_of(model.dir()).with_context(|| {
                 format!(
                     "{}: the model brings no codec (no codec/ folder; not a transformers CSM checkpoint with codec_model.*); pass --codec DIR (a kyutai/mimi directory) or --no-audio",
-                    m.dir.display()
+                    model.dir().display()
                 )
             })?,
         };
@@ -302,7 +165,7 @@ pub struct LoadedBackend {
 
 /// Loads `kinds` (reference first) from `model` computing in `dtype`.
 pub fn load_backends(
-    model: ModelRef,
+    model: &Model,
     kinds: &[BackendKind],
     dtype: DType,
 ) -> Result<Vec<LoadedBackend>> {
@@ -310,7 +173,7 @@ pub fn load_backends(
         .iter()
         .map(|&kind| {
             let t0 = Instant::now();
-            let backend = model.load_backend(kind, dtype)?;
+            let backend = backend::load(kind, model, dtype)?;
             Ok(LoadedBackend {
                 kind,
                 backend,
@@ -320,17 +183,11 @@ pub fn load_backends(
         .collect()
 }
 
-/// The shared frame loop state of one backend.
-struct Track<'b> {
+/// What `capture` keeps of one pipeline besides the loop's own state ([`Track`]): its run
+/// writer, its post-processing, its audio stream.
+struct Recorder {
     kind: BackendKind,
-    backend: &'b mut dyn Backend,
     writer: RunWriter,
-    input: Frames,
-    sampled: Vec<Vec<i32>>,
-    fed: Vec<Vec<i32>>,
-    step_us: Vec<f64>,
-    positions: Vec<u32>,
-    stop: Option<&'static str>,
     load_ms: f64,
     post: PostProcess,
     nonfinite: NonFinite,
@@ -390,45 +247,30 @@ impl NonFinite {
     }
 }
 
-impl Track<'_> {
-    fn push(
-        &mut self,
-        model: ModelRef,
-        out: FrameOutput,
-        fed: Vec<i32>,
-        us: f64,
-        vocab: usize,
-    ) -> Result<()> {
-        self.nonfinite.see(self.sampled.len(), &out);
+impl Recorder {
+    /// Records step `f` of its track: the run row, post-processed tokens, non-finite values.
+    fn push(&mut self, f: usize, out: FrameOutput, fed: &[i32], us: f64) -> Result<()> {
+        self.nonfinite.see(f, &out);
         let post_tokens = self.post.apply(&out.sampled);
         self.posted.push(post_tokens.clone());
         let rec = FrameRecord {
             post_tokens,
-            tokens: out.sampled.clone(),
+            tokens: out.sampled,
             logits: out.logits,
             probs: out.probs,
             step_us: us,
         };
-        self.writer.push_fed(&rec, Some(&fed))?;
-        self.step_us.push(us);
-        self.positions.push(out.positions as u32);
-        if let Some(stop) = model.stop_of(&out.sampled) {
-            self.stop = Some(stop);
-        }
-        self.input = Frames::audio(&fed, vocab)?;
-        self.sampled.push(out.sampled);
-        self.fed.push(fed);
-        Ok(())
+        self.writer.push_fed(&rec, Some(fed))
     }
 
     /// Decodes the frames known to be audio (every posted frame but an end-of-stream one) in
     /// chunks of [`AUDIO_CHUNK_FRAMES`]; with `done`, also the last partial chunk. A codec
     /// that cannot stream (the `non-causal-padding` fault) decodes everything at the end.
-    fn feed_audio(&mut self, done: bool) -> Result<()> {
+    fn feed_audio(&mut self, stop: Option<&str>, done: bool) -> Result<()> {
         let Some(a) = self.audio.as_mut() else {
             return Ok(());
         };
-        let avail = self.posted.len() - usize::from(self.stop == Some("eos"));
+        let avail = self.posted.len() - usize::from(stop == Some("eos"));
         if !a.codec.can_stream() {
             if done && avail > 0 {
                 let frames = &self.posted[..avail];
@@ -458,7 +300,7 @@ impl Track<'_> {
 }
 
 fn manifest_for(
-    model: ModelRef,
+    model: &Model,
     opts: &CaptureOptions,
     info: BackendInfo,
     ids: &[u32],
@@ -466,7 +308,7 @@ fn manifest_for(
 ) -> Manifest {
     let mut m = Manifest::example(&info.name);
     m.backend = info;
-    m.model = model.model_info();
+    m.model = model_info(model);
     m.prompt = PromptInfo {
         text: opts.text.clone(),
         speaker: opts.speaker,
@@ -493,7 +335,7 @@ fn manifest_for(
 /// Checks the options against the model before anything is loaded or written: backends, mode,
 /// fault, frame budget (against the model's room for positions), prompt, output directories.
 /// Returns the prompt ids and frames.
-fn preflight(model: ModelRef, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames)> {
+fn preflight(model: &Model, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames)> {
     if opts.backends.is_empty() {
         bail!("no backend selected");
     }
@@ -508,24 +350,22 @@ fn preflight(model: ModelRef, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames
             bail!("--inject {f}: faults go into the MLX pipeline, which must run and must not be the reference");
         }
     }
+    let step = model.step();
     if opts.max_frames == 0 {
-        bail!("{} must be at least 1", model.limit_flag());
+        bail!("{} must be at least 1", step.limit_flag);
     }
-    let (ids, prompt) = model.prompt(opts)?;
+    let (ids, prompt) = model.prompt(&opts.text, opts.speaker, opts.chat)?;
     // Frame 0 feeds the prompt; every later frame feeds one position.
     let needed = prompt.len() + opts.max_frames - 1;
-    let room = model.max_positions();
+    let (room, room_name) = model.max_positions();
     if needed > room {
         bail!(
             "{} {}: the prompt takes {} positions and each step after the first one more, {needed} in all, \
              but the model has room for {room} ({}); use at most {}",
-            model.limit_flag(),
+            step.limit_flag,
             opts.max_frames,
             prompt.len(),
-            match model {
-                ModelRef::Csm(_) => "the backbone's max_seq_len",
-                ModelRef::Llama(_) => "max_position_embeddings",
-            },
+            room_name,
             (room + 1).saturating_sub(prompt.len())
         );
     }
@@ -536,14 +376,9 @@ fn preflight(model: ModelRef, opts: &CaptureOptions) -> Result<(Vec<u32>, Frames
     Ok((ids, prompt))
 }
 
-/// Runs the capture of a CSM model; returns the summary. Run directories appear only when
-/// complete.
-pub fn capture(model: &CsmModel, opts: &CaptureOptions) -> Result<CaptureSummary> {
-    capture_model(ModelRef::Csm(model), opts)
-}
-
-/// Runs the capture of either model kind; returns the summary.
-pub fn capture_model(model: ModelRef, opts: &CaptureOptions) -> Result<CaptureSummary> {
+/// Runs the capture of a model of any family; returns the summary. Run directories appear
+/// only when complete.
+pub fn capture(model: &Model, opts: &CaptureOptions) -> Result<CaptureSummary> {
     // One writer per output directory at a time: the lock is taken before the output is
     // checked (a concurrent capture's half-made `.partial` is never mistaken for a stranger's
     // folder) and held until the capture returns.
@@ -565,7 +400,7 @@ fn lock_out(opts: &CaptureOptions) -> Result<crate::outputs::DirLock> {
 /// been loaded from different weights or dtypes than `model` (the gate's `[candidate]`); the
 /// manifests describe `model` and each backend's own `info()`.
 pub fn capture_with(
-    model: ModelRef,
+    model: &Model,
     opts: &CaptureOptions,
     loaded: &mut [LoadedBackend],
 ) -> Result<CaptureSummary> {
@@ -583,7 +418,7 @@ pub fn capture_with(
 
 /// [`capture_with`] once the output directory is locked (the lock is held until the return).
 fn capture_locked(
-    model: ModelRef,
+    model: &Model,
     opts: &CaptureOptions,
     loaded: &mut [LoadedBackend],
     _lock: crate::outputs::DirLock,
@@ -600,6 +435,7 @@ fn capture_locked(
         }
         None => None,
     };
+    let mut recorders = Vec::new();
     let mut tracks = Vec::new();
     for lb in loaded.iter_mut() {
         let kind = lb.kind;
@@ -625,123 +461,43 @@ fn capture_locked(
             opts.probs,
             opts.force,
         )?;
-        tracks.push(Track {
+        recorders.push(Recorder {
             kind,
-            backend,
             writer,
-            input: prompt.clone(),
-            sampled: vec![],
-            fed: vec![],
-            step_us: vec![],
-            positions: vec![],
-            stop: None,
             load_ms,
             post,
             nonfinite: NonFinite::default(),
             posted: vec![],
             audio: None,
         });
+        tracks.push(Track::new(backend, &prompt));
     }
     // Each pipeline's frames stream into its codec as they are produced.
     if let Some(mimi) = &codec {
-        start_audio(mimi, &mut tracks, opts.codec_fault)?;
+        start_audio(mimi, &mut recorders, opts.codec_fault)?;
     } else if let Some(f) = opts.codec_fault {
         bail!("--inject-codec {f}: needs audio (a CSM model with a codec; not --no-audio)");
     }
-    for t in tracks.iter_mut() {
-        t.backend.reset(opts.sampler.seed)?;
-    }
-    let record = Record {
-        logits: opts.logits != Storage::None,
-        probs: opts.probs != Storage::None,
+    let stop = |sampled: &[i32]| model.stop_of(sampled);
+    let plan = Plan {
+        sampler: &opts.sampler,
+        max_steps: opts.max_frames,
+        record: Record {
+            logits: opts.logits != Storage::None,
+            probs: opts.probs != Storage::None,
+        },
+        mode: opts.mode,
+        forced: None,
+        stop: Some(&stop),
+        codebooks: c,
+        vocab: v,
     };
-    let bar = progress_bar(opts.progress, opts.max_frames as u64);
-    let sampler = opts.sampler;
-    for f in 0..opts.max_frames {
-        let uniforms = (!sampler.is_greedy() && sampler.noise == NoiseMode::Shared)
-            .then(|| SharedNoise::frame_uniforms(sampler.seed, f as u64, c, v));
-        let (first, rest) = tracks.split_first_mut().unwrap();
-        // The reference (first track) always runs on its own.
-        if first.stop.is_none() {
-            let req = FrameRequest {
-                input: &first.input,
-                sampler: &sampler,
-                uniforms: uniforms.as_deref(),
-                forced: None,
-                record,
-            };
-            let t0 = Instant::now();
-            let out = first.backend.generate_frame(&req)?;
-            let us = t0.elapsed().as_secs_f64() * 1e6;
-            let fed = out.sampled.clone();
-            first.push(model, out, fed, us, v)?;
-            first.feed_audio(false)?;
-        }
-        for t in rest.iter_mut() {
-            if t.stop.is_some() {
-                continue;
-            }
-            let t0 = Instant::now();
-            let (out, fed) = match opts.mode {
-                Mode::Independent => {
-                    let req = FrameRequest {
-                        input: &t.input,
-                        sampler: &sampler,
-                        uniforms: uniforms.as_deref(),
-                        forced: None,
-                        record,
-                    };
-                    let out = t.backend.generate_frame(&req)?;
-                    let fed = out.sampled.clone();
-                    (out, fed)
-                }
-                Mode::Teacher => {
-                    let Some(forced) = first.fed.get(f) else {
-                        t.stop = Some("reference_stopped");
-                        continue;
-                    };
-                    let req = FrameRequest {
-                        input: &t.input,
-                        sampler: &sampler,
-                        uniforms: uniforms.as_deref(),
-                        forced: Some(forced),
-                        record,
-                    };
-                    (t.backend.generate_frame(&req)?, forced.clone())
-                }
-                Mode::Hybrid => {
-                    let req = FrameRequest {
-                        input: &t.input,
-                        sampler: &sampler,
-                        uniforms: uniforms.as_deref(),
-                        forced: None,
-                        record,
-                    };
-                    let reference = &mut first.backend;
-                    let u = uniforms.as_deref();
-                    let mut ext = |cb: usize, logits: &[f32]| {
-                        reference.sample_logits(
-                            logits,
-                            &sampler,
-                            u.map(|u| &u[cb * v..(cb + 1) * v]),
-                        )
-                    };
-                    let out = t.backend.generate_frame_ext(&req, Some(&mut ext))?;
-                    let fed = out.sampled.clone();
-                    (out, fed)
-                }
-            };
-            let us = t0.elapsed().as_secs_f64() * 1e6;
-            t.push(model, out, fed, us, v)?;
-            t.feed_audio(false)?;
-        }
-        bar.inc(1);
-        if tracks.iter().all(|t| t.stop.is_some()) {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    let mut runs = Vec::new();
+    let mut obs = CaptureObserver {
+        recorders: &mut recorders,
+        bar: crate::util::progress_bar(opts.progress, opts.max_frames as u64, 0, "frames"),
+    };
+    generate(&mut tracks, &prompt, &plan, &mut obs)?;
+    obs.bar.finish_and_clear();
     let first_mismatch = if tracks.len() >= 2 {
         tracks[0]
             .sampled
@@ -755,47 +511,37 @@ fn capture_locked(
     let tokens_equal = (tracks.len() >= 2)
         .then(|| first_mismatch.is_none() && tracks[0].sampled.len() == tracks[1].sampled.len());
     if let Some(mimi) = &codec {
-        finish_audio(mimi, &mut tracks)?;
+        finish_audio(mimi, &mut recorders, &tracks)?;
     }
-    for mut t in tracks {
+    let step = model.step();
+    let mut runs = Vec::new();
+    for (t, mut r) in tracks.into_iter().zip(recorders) {
         let frames = t.sampled.len();
-        let stop = t.stop.unwrap_or(model.limit_reason());
+        let stop = t.stop.unwrap_or(step.limit_reason);
         let output_text = model.output_text(&t.sampled)?;
-        t.writer.set_output_text(output_text.clone());
-        let warnings = t.nonfinite.warnings(frames, model.step_unit());
+        r.writer.set_output_text(output_text.clone());
+        let warnings = r.nonfinite.warnings(frames, step.unit);
         for w in &warnings {
-            t.writer.warn(w.clone());
+            r.writer.warn(w.clone());
         }
-        let total_us: f64 = t.step_us.iter().sum();
-        let steady: Vec<f64> = t.step_us.iter().skip(1).cloned().collect();
-        let mean_ms = if steady.is_empty() {
-            total_us / 1e3
-        } else {
-            steady.iter().sum::<f64>() / steady.len() as f64 / 1e3
-        };
-        let prefill_ms = t.step_us.first().copied().unwrap_or(0.0) / 1e3;
-        let timings = Timings {
-            load_ms: t.load_ms,
-            prefill_ms,
-            total_ms: total_us / 1e3,
-            mean_frame_ms: mean_ms,
-            step_positions: t.positions.clone(),
-        };
+        let timings = Timings::of_steps(r.load_ms, &t.step_us, t.positions.clone());
+        let (mean_ms, prefill_ms) = (timings.mean_frame_ms, timings.prefill_ms);
         let info = t.backend.info();
-        let dir = t.writer.finish(stop, timings)?;
+        let dir = r.writer.finish(stop, timings)?;
         runs.push(RunSummary {
-            backend: t.kind.name().into(),
+            backend: r.kind.name().into(),
             dir: dir.display().to_string(),
             frames,
             stop_reason: stop.into(),
             mean_frame_ms: mean_ms,
             prefill_frame_ms: prefill_ms,
-            load_ms: t.load_ms,
+            load_ms: r.load_ms,
             info,
             output_text,
             warnings,
         });
     }
+    let sampler = opts.sampler;
     Ok(CaptureSummary {
         out: opts.out.display().to_string(),
         model_kind: model.kind().into(),
@@ -818,12 +564,30 @@ fn capture_locked(
     })
 }
 
+/// Records each step into its pipeline's run (and audio stream) as the loop produces it.
+struct CaptureObserver<'r> {
+    recorders: &'r mut [Recorder],
+    bar: indicatif::ProgressBar,
+}
+
+impl Observer for CaptureObserver<'_> {
+    fn step(&mut self, track: usize, step: usize, out: FrameOutput, t: &Track) -> Result<()> {
+        let r = &mut self.recorders[track];
+        let us = t.step_us.last().copied().unwrap_or(0.0);
+        r.push(step, out, &t.fed[step], us)?;
+        r.feed_audio(t.stop, false)
+    }
+    fn step_done(&mut self, _step: usize) {
+        self.bar.inc(1);
+    }
+}
+
 /// Starts each track's audio stream: its own library's codec (the `--inject-codec` fault in every
 /// track but the reference, whose codec stays clean) and, for every other track, a clean
 /// reference codec for the cross-decode.
 fn start_audio(
     mimi: &crate::model::mimi::MimiModel,
-    tracks: &mut [Track],
+    tracks: &mut [Recorder],
     fault: Option<crate::backend::codec::CodecFault>,
 ) -> Result<()> {
     let rate = mimi.config.sampling_rate as u32;
@@ -869,10 +633,14 @@ fn start_audio(
 
 /// Decodes what is left of each track's frames (the end-of-stream frame is not audio), finishes
 /// its audio files and records them in its manifest.
-fn finish_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> Result<()> {
+fn finish_audio(
+    mimi: &crate::model::mimi::MimiModel,
+    recorders: &mut [Recorder],
+    tracks: &[Track],
+) -> Result<()> {
     let rate = mimi.config.sampling_rate as u32;
-    for t in tracks.iter_mut() {
-        t.feed_audio(true)?;
+    for (t, tr) in recorders.iter_mut().zip(tracks) {
+        t.feed_audio(tr.stop, true)?;
         let Some(a) = t.audio.take() else {
             continue;
         };
@@ -910,21 +678,6 @@ fn finish_audio(mimi: &crate::model::mimi::MimiModel, tracks: &mut [Track]) -> R
 /// The run directory of `kind` under `--out`: always `DIR/<backend>/`.
 pub fn run_dir(out: &Path, kind: BackendKind) -> PathBuf {
     out.join(kind.name())
-}
-
-fn progress_bar(enabled: bool, len: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} frames {pos}/{len} {wide_bar} {elapsed_precise}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 impl CaptureSummary {

@@ -5,208 +5,20 @@
 //!
 //! Weights keep their HF names (`model.layers.{i}.self_attn.q_proj.weight`, …); the q/k rows are
 //! in HF's order, which is why the backends rotate split halves for this model.
-use super::config::{parse_hf_flavor, LlamaFlavor};
-use super::lora::LoraAdapter;
-use super::tokenizer::PromptTokenizer;
-use super::weights::{read_safetensors, weight_files, HostTensor};
+pub mod config;
+pub mod lora;
+
+use config::token_ids;
+pub use config::{expected_tensors, hf_key, is_llama_dir, LlamaConfig};
+pub use lora::LoraAdapter;
+
+use crate::model::checkpoint::{read_safetensors, weight_files};
+use crate::model::tensor::HostTensor;
+use crate::model::tokenizer::PromptTokenizer;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// A Llama LM's configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    pub flavor: LlamaFlavor,
-    pub vocab_size: usize,
-    pub tie_word_embeddings: bool,
-    pub bos_token_id: Option<u32>,
-    /// EOS ids named by config.json (more may come from generation_config.json / tokenizer).
-    pub eos_token_ids: Vec<u32>,
-}
-
-/// A token id or a list of them (`eos_token_id`); `null`/absent is none; anything else is an
-/// error naming `key`.
-fn token_ids(v: Option<&Value>, key: &str, what: &str) -> Result<Vec<u32>> {
-    let one = |x: &Value| {
-        x.as_u64()
-            .filter(|&n| n <= u32::MAX as u64)
-            .map(|n| n as u32)
-            .with_context(|| {
-                format!("{what}: \"{key}\" must be a token id (a non-negative integer) or a list of them, found {x}")
-            })
-    };
-    match v {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(a)) => a.iter().map(one).collect(),
-        Some(x) => Ok(vec![one(x)?]),
-    }
-}
-
-impl LlamaConfig {
-    /// Parses an HF `config.json`; `what` names the file in errors.
-    pub fn from_json(v: &Value, what: &str) -> Result<Self> {
-        let mt = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        if mt != "llama" {
-            bail!("{what}: model_type {mt:?} is not \"llama\"");
-        }
-        for flag in ["attention_bias", "mlp_bias"] {
-            if v.get(flag).and_then(Value::as_bool) == Some(true) {
-                bail!("{what}: {flag} = true is not supported (Llama has no biases)");
-            }
-        }
-        let flavor = parse_hf_flavor(v).with_context(|| format!("{what}: Llama config"))?;
-        flavor.validate(what)?;
-        let vocab_size = v
-            .get("vocab_size")
-            .and_then(Value::as_u64)
-            .with_context(|| format!("{what}: missing or non-integer \"vocab_size\""))?
-            as usize;
-        Ok(LlamaConfig {
-            flavor,
-            vocab_size,
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id", what)?
-                .first()
-                .copied(),
-            eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id", what)?,
-        })
-    }
-
-    /// The HF `config.json` form (what the fixture writes and manifests record).
-    pub fn to_json(&self) -> Value {
-        let f = &self.flavor;
-        let mut v = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": f.embed_dim,
-            "intermediate_size": f.intermediate_dim,
-            "num_hidden_layers": f.num_layers,
-            "num_attention_heads": f.num_heads,
-            "num_key_value_heads": f.num_kv_heads,
-            "head_dim": f.head_dim,
-            "rms_norm_eps": f.norm_eps,
-            "rope_theta": f.rope_base,
-            "max_position_embeddings": f.max_seq_len,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": false,
-            "mlp_bias": false,
-            "hidden_act": "silu",
-            "torch_dtype": "float32",
-            "eos_token_id": self.eos_token_ids,
-        });
-        if let Some(b) = self.bos_token_id {
-            v["bos_token_id"] = b.into();
-        }
-        if let Some(s) = f.rope_scaling {
-            v["rope_scaling"] = serde_json::json!({
-                "rope_type": "llama3",
-                "factor": s.factor,
-                "low_freq_factor": s.low_freq_factor,
-                "high_freq_factor": s.high_freq_factor,
-                "original_max_position_embeddings": s.original_max_position_embeddings,
-            });
-        }
-        v
-    }
-
-    /// The tiny fixture: 2 layers, dim 64, 4 heads / 2 KV heads, Llama-3 RoPE scaling.
-    pub fn tiny() -> Self {
-        LlamaConfig {
-            flavor: LlamaFlavor {
-                num_layers: 2,
-                num_heads: 4,
-                num_kv_heads: 2,
-                embed_dim: 64,
-                head_dim: 16,
-                intermediate_dim: 128,
-                norm_eps: 1e-5,
-                rope_base: 500_000.0,
-                rope_scaling: Some(super::config::RopeScaling::LLAMA32),
-                max_seq_len: 2048,
-            },
-            vocab_size: 272,
-            tie_word_embeddings: false,
-            bos_token_id: Some(261),
-            eos_token_ids: vec![262, 265],
-        }
-    }
-}
-
-/// Whether `dir/config.json` declares `model_type: llama`.
-pub fn is_llama_dir(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| {
-            v.get("model_type")
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
-        .as_deref()
-        == Some("llama")
-}
-
-/// Every tensor of the model under its HF name, with its shape (`lm_head.weight` only when
-/// the embeddings are not tied).
-pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let f = &cfg.flavor;
-    let (d, q, kv, m) = (
-        f.embed_dim,
-        f.num_heads * f.head_dim,
-        f.num_kv_heads * f.head_dim,
-        f.intermediate_dim,
-    );
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, d],
-    )];
-    for i in 0..f.num_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
-        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![m, d]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![m, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, m]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
-    }
-    out
-}
-
-/// The HF name of a stack tensor given by its torchtune leaf name (what the backends' shared
-/// `Stack` asks for): `layers.{i}.attn.q_proj.weight` → `model.layers.{i}.self_attn.q_proj.weight`.
-pub fn hf_key(leaf: &str) -> String {
-    if leaf == "norm.scale" {
-        return "model.norm.weight".into();
-    }
-    let Some((idx, rest)) = leaf.strip_prefix("layers.").and_then(|r| r.split_once('.')) else {
-        return leaf.to_string();
-    };
-    let mapped = match rest {
-        "attn.q_proj.weight" => "self_attn.q_proj.weight",
-        "attn.k_proj.weight" => "self_attn.k_proj.weight",
-        "attn.v_proj.weight" => "self_attn.v_proj.weight",
-        "attn.output_proj.weight" => "self_attn.o_proj.weight",
-        "sa_norm.scale" => "input_layernorm.weight",
-        "mlp_norm.scale" => "post_attention_layernorm.weight",
-        "mlp.w1.weight" => "mlp.gate_proj.weight",
-        "mlp.w3.weight" => "mlp.up_proj.weight",
-        "mlp.w2.weight" => "mlp.down_proj.weight",
-        other => other,
-    };
-    format!("model.layers.{idx}.{mapped}")
-}
 
 /// Special tokens of the Llama-3 chat format.
 pub const START_HEADER: &str = "<|start_header_id|>";
@@ -242,7 +54,7 @@ impl LlamaModel {
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
         let config = LlamaConfig::from_json(&v, &cfg_path.display().to_string())?;
-        let tokenizer = super::load_tokenizer(dir, tokenizer)?;
+        let tokenizer = crate::model::load_tokenizer(dir, tokenizer)?;
         let files = weight_files(dir)?;
         let (raw, sha256) = read_safetensors(&files)?;
         let expected: BTreeMap<String, Vec<usize>> =
@@ -361,7 +173,7 @@ impl LlamaModel {
         let bos = self
             .config
             .bos_token_id
-            .or_else(|| tok.token_id(super::tokenizer::BOS));
+            .or_else(|| tok.token_id(crate::model::tokenizer::BOS));
         let mut ids = if chat {
             for special in [START_HEADER, END_HEADER, EOT] {
                 if tok.token_id(special).is_none() {
@@ -405,5 +217,70 @@ impl LlamaModel {
             v["adapter"] = a.summary();
         }
         v
+    }
+}
+
+impl crate::model::Family for LlamaModel {
+    fn kind(&self) -> &'static str {
+        "llama"
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn codebooks(&self) -> usize {
+        1
+    }
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn max_positions(&self) -> (usize, &'static str) {
+        (self.config.flavor.max_seq_len, "max_position_embeddings")
+    }
+    fn prompt(
+        &self,
+        text: &str,
+        _speaker: u32,
+        chat: bool,
+    ) -> Result<(Vec<u32>, crate::model::Frames)> {
+        let ids = self.prompt_ids(text, chat)?;
+        let frames = crate::model::Frames::lm(&ids, self.config.vocab_size)?;
+        Ok((ids, frames))
+    }
+    fn prompt_of_ids(&self, ids: &[u32]) -> Result<crate::model::Frames> {
+        crate::model::Frames::lm(ids, self.config.vocab_size)
+    }
+    fn stop_of(&self, sampled: &[i32]) -> Option<&'static str> {
+        sampled
+            .first()
+            .is_some_and(|&t| self.eos_ids.contains(&(t as u32)))
+            .then_some("eos_token")
+    }
+    fn step(&self) -> crate::model::Step {
+        crate::model::Step::TOKEN
+    }
+    fn output_text(&self, sampled: &[Vec<i32>]) -> Result<Option<String>> {
+        let ids: Vec<u32> = sampled
+            .iter()
+            .flatten()
+            .map(|&t| t as u32)
+            .filter(|t| !self.eos_ids.contains(t))
+            .collect();
+        self.decode(&ids).map(Some)
+    }
+    fn layout(&self) -> &'static str {
+        "hf"
+    }
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    fn config_json(&self) -> Value {
+        LlamaModel::config_json(self)
+    }
+}
+
+impl crate::model::Open for LlamaModel {
+    const KIND: &'static str = "llama";
+    fn open(dir: &Path, tokenizer: Option<&Path>) -> Result<Self> {
+        LlamaModel::load_with(dir, None, tokenizer)
     }
 }

@@ -9,8 +9,8 @@
 //!   given that frame's earlier codebooks;
 //! - one model folder per layout: `original/` and/or `hf/` (config.json + model.safetensors).
 use crate::backend::{self, BackendKind, Record};
-use crate::model::{CsmModel, DType, Frames, Layout};
-use crate::runner::{run_frames, LoopSpec};
+use crate::generate::{run_one, Mode, Plan};
+use crate::model::{CsmModel, DType, Frames, Layout, Model};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -354,25 +354,24 @@ pub fn conform_one(
     let c = cfg.audio_num_codebooks;
     case.check_model(cfg, &model_dir)?;
     let prompt = Frames::text(&case.prompt_ids, c, cfg.text_vocab_size)?;
+    let model = Model::Csm(model);
     let mut b = backend::load(kind, &model, DType::F32)?;
     let greedy = SamplerSpec::greedy();
     let v = case.vocab;
-    let forced = run_frames(
-        b.as_mut(),
-        &prompt,
-        &LoopSpec {
-            sampler: &greedy,
-            max_frames: case.frames.len(),
-            record: Record {
-                logits: true,
-                probs: false,
-            },
-            forced: Some(&case.frames),
-            stop_on_eos: false,
+    let plan = Plan {
+        sampler: &greedy,
+        max_steps: case.frames.len(),
+        record: Record {
+            logits: true,
+            probs: false,
         },
-        c,
-        v,
-    )?;
+        mode: Mode::Independent,
+        forced: Some(&case.frames),
+        stop: None,
+        codebooks: c,
+        vocab: v,
+    };
+    let forced = run_one(b.as_mut(), &prompt, &plan)?;
     let (mut max_c0, mut max_depth, mut first) = (0f64, 0f64, None);
     for (f, out) in forced.outputs.iter().enumerate() {
         let logits = out.logits.as_ref().unwrap();
@@ -383,7 +382,7 @@ pub fn conform_one(
             } else {
                 &case.depth_logits[f][(cb - 1) * v..cb * v]
             };
-            let d = crate::runner::max_abs_diff(ours, theirs);
+            let d = crate::generate::max_abs_diff(ours, theirs);
             if cb == 0 {
                 max_c0 = max_c0.max(d)
             } else {
@@ -400,19 +399,12 @@ pub fn conform_one(
             }
         }
     }
-    let free = run_frames(
-        b.as_mut(),
-        &prompt,
-        &LoopSpec {
-            sampler: &greedy,
-            max_frames: case.frames.len(),
-            record: Record::default(),
-            forced: None,
-            stop_on_eos: false,
-        },
-        c,
-        v,
-    )?;
+    let free_plan = Plan {
+        record: Record::default(),
+        forced: None,
+        ..plan
+    };
+    let free = run_one(b.as_mut(), &prompt, &free_plan)?;
     let mismatch = case.frames.iter().enumerate().find_map(|(f, want)| {
         let got = free.fed.get(f)?;
         want.iter()
@@ -424,7 +416,7 @@ pub fn conform_one(
     Ok(ConformResult {
         backend: kind.name().into(),
         layout: layout.name().into(),
-        detected_layout: model.weights.layout.name().into(),
+        detected_layout: model.layout().into(),
         max_abs_diff_c0: max_c0,
         max_abs_diff_depth: max_depth,
         conforms: first.is_none() && equal,

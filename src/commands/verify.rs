@@ -2,8 +2,8 @@
 //! differences between backends and, per backend, cached vs full-recompute logits.
 use crate::backend::{self, BackendKind, Record};
 use crate::capture::BackendInfo;
-use crate::model::{CsmModel, DType};
-use crate::runner::{max_abs_diff, max_tolerance_excess, run_frames, LoopSpec};
+use crate::generate::{max_abs_diff, max_tolerance_excess, run_one, Mode, Plan};
+use crate::model::{DType, Model};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -48,12 +48,12 @@ pub struct VerifyOptions {
     pub cache_rtol: f64,
 }
 
-pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
+pub fn verify(model: &Model, opts: &VerifyOptions) -> Result<VerifyReport> {
     if opts.backends.is_empty() {
         bail!("no backend compiled into this build (features `mlx`, `torch`)");
     }
-    let cfg = &model.config;
-    let (_, prompt) = model.prompt_frames(opts.speaker, &opts.text)?;
+    let (c, v) = (model.codebooks(), model.vocab());
+    let (_, prompt) = model.prompt(&opts.text, opts.speaker, false)?;
     let sampler = SamplerSpec::greedy();
     let record = Record {
         logits: true,
@@ -61,11 +61,11 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
     };
     let mut reference = None;
     let mut report = VerifyReport {
-        model: model.dir.display().to_string(),
+        model: model.dir().display().to_string(),
         dtype: opts.dtype.name().into(),
         prompt_tokens: prompt.len(),
         frames: opts.frames,
-        codebooks: cfg.audio_num_codebooks,
+        codebooks: c,
         backends: vec![],
         max_abs_logit_diff: None,
         per_frame_max_abs_logit_diff: vec![],
@@ -81,21 +81,19 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
     for &kind in &opts.backends {
         let mut b = backend::load(kind, model, opts.dtype)?;
         report.backends.push(b.info());
-        let forced: Option<&crate::runner::Sequence> = reference.as_ref();
-        let spec = LoopSpec {
+        // The second backend is teacher-forced on the first one's tokens.
+        let forced: Option<&crate::generate::Sequence> = reference.as_ref();
+        let plan = Plan {
             sampler: &sampler,
-            max_frames: opts.frames,
+            max_steps: opts.frames,
             record,
+            mode: Mode::Independent,
             forced: forced.map(|s| s.fed.as_slice()),
-            stop_on_eos: false,
+            stop: None,
+            codebooks: c,
+            vocab: v,
         };
-        let seq = run_frames(
-            b.as_mut(),
-            &prompt,
-            &spec,
-            cfg.audio_num_codebooks,
-            cfg.audio_vocab_size,
-        )?;
+        let seq = run_one(b.as_mut(), &prompt, &plan)?;
         let recomputed = b.recompute(&prompt, &seq.fed)?;
         let cache_diff = seq
             .outputs
@@ -107,7 +105,7 @@ pub fn verify(model: &CsmModel, opts: &VerifyOptions) -> Result<VerifyReport> {
             max_tolerance_excess(
                 o.logits.as_ref().unwrap(),
                 r,
-                cfg.audio_vocab_size,
+                v,
                 opts.cache_atol,
                 opts.cache_rtol,
             ) <= 0.0

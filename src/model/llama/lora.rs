@@ -6,8 +6,9 @@
 //! A = `lora_a` [in, r] and B = `lora_b` [r, out], stored as
 //! `model.layers.{i}.{key}.lora_a` / `.lora_b`. Both backends merge the update into the weight
 //! at load (W' = W + scale · (A B)ᵀ, mlx-lm's `fuse`), each computing it with its own library.
-use super::llama::LlamaConfig;
-use super::weights::{read_safetensors, HostTensor};
+use super::config::LlamaConfig;
+use crate::model::checkpoint::read_safetensors;
+use crate::model::tensor::HostTensor;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;

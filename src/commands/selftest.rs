@@ -5,9 +5,10 @@ use crate::analysis::{self, DiffOptions};
 use crate::backend::codec::CodecFault;
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::capture_run::{capture_model, CaptureOptions, Mode, ModelRef};
+use crate::commands::capture::{capture, CaptureOptions, Mode};
 use crate::faults::Fault;
-use crate::model::{CsmModel, DType};
+use crate::model::DType;
+use crate::model::Model;
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::Result;
 use serde::Serialize;
@@ -71,7 +72,7 @@ pub struct SelftestOptions {
 }
 
 fn capture_case(
-    model: ModelRef,
+    model: &Model,
     o: &SelftestOptions,
     seed: u64,
     fault: Option<Fault>,
@@ -88,7 +89,7 @@ pub const TRIGGER_SEEDS: u64 = 8;
 /// [`capture_case`] with audio (the model's own codec), optionally a codec fault in MLX's.
 #[allow(clippy::too_many_arguments)]
 fn capture_case_audio(
-    model: ModelRef,
+    model: &Model,
     o: &SelftestOptions,
     seed: u64,
     fault: Option<Fault>,
@@ -115,13 +116,13 @@ fn capture_case_audio(
         inject: fault,
         force: false,
         audio: if audio {
-            crate::capture_run::AudioSetting::Auto
+            crate::commands::capture::AudioSetting::Auto
         } else {
-            crate::capture_run::AudioSetting::Off
+            crate::commands::capture::AudioSetting::Off
         },
         codec_fault,
     };
-    capture_model(model, &opts)?;
+    capture(model, &opts)?;
     Ok(())
 }
 
@@ -154,21 +155,16 @@ fn headline(d: &analysis::Diff, teacher: Option<&analysis::Diff>) -> (String, f6
     }
 }
 
-/// The faults that apply to a model kind (a Llama LM has no depth decoder).
-pub fn applicable_faults(model: ModelRef) -> Vec<Fault> {
+/// The faults that apply to a model (one token per step, as in a Llama LM: no depth decoder).
+pub fn applicable_faults(model: &Model) -> Vec<Fault> {
     Fault::ALL
         .into_iter()
-        .filter(|f| !(matches!(model, ModelRef::Llama(_)) && *f == Fault::DecoderPosReset))
+        .filter(|f| !(model.codebooks() == 1 && *f == Fault::DecoderPosReset))
         .collect()
 }
 
-/// Runs the selftest on a CSM model.
-pub fn selftest(model: &CsmModel, o: &SelftestOptions) -> Result<SelftestReport> {
-    selftest_model(ModelRef::Csm(model), o)
-}
-
-/// Runs the selftest on either model kind (frames are tokens for an LM).
-pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestReport> {
+/// Runs the selftest on a model of any family (frames are tokens for an LM).
+pub fn selftest(model: &Model, o: &SelftestOptions) -> Result<SelftestReport> {
     let opt = DiffOptions {
         resamples: 200,
         ..DiffOptions::default()
@@ -176,7 +172,8 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
     let mut rows = Vec::new();
     // CSM models that bring a codec are also tested at the audio stage.
     let with_codec = o.codec
-        && matches!(model, ModelRef::Csm(m) if crate::model::mimi::MimiModel::codec_dir_of(&m.dir).is_some());
+        && model.speaks()
+        && crate::model::mimi::MimiModel::codec_dir_of(model.dir()).is_some();
     let mut cases: Vec<Option<Fault>> = vec![None];
     cases.extend(o.faults.iter().copied().map(Some));
     for fault in cases {
@@ -231,11 +228,11 @@ pub fn selftest_model(model: ModelRef, o: &SelftestOptions) -> Result<SelftestRe
             Some(f) => f.expected_location(),
         };
         if let Some((component, place)) = want {
-            let bis = crate::bisect::bisect_with(
+            let bis = crate::commands::bisect::bisect_with(
                 model,
                 &a,
                 &b,
-                &crate::bisect::BisectOptions::default(),
+                &crate::commands::bisect::BisectOptions::default(),
             )?;
             let got = match (&bis.component, &bis.location) {
                 (Some(c), Some(l)) => format!("{c} @ {l}"),

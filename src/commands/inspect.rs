@@ -1,6 +1,8 @@
 //! `inspect MODEL`: layout, architecture numbers, parameter count, dtype, and what is missing,
 //! mis-shaped or extra — read from the safetensors headers alone (no weights loaded).
-use crate::model::weights::{expected_tensors, original_to_hf_name, weight_files};
+use crate::model::checkpoint::weight_files;
+use crate::model::csm::expected_tensors;
+use crate::model::csm::weights::original_to_hf_name;
 use crate::model::CsmConfig;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

@@ -3,19 +3,18 @@
 //! record the reference's logits and probabilities at every step with that run's sampler
 //! settings and noise. The result is a run aligned step by step with the original, so `diff`
 //! compares every step — llama.cpp's saved-base-logits workflow (docs/outside-ports.md).
-use crate::backend::{Backend, FrameRequest, Record};
+use crate::backend::{Backend, FrameOutput, Record};
 use crate::capture::{
     f32_precision, FrameRecord, Manifest, PromptInfo, RescoreOf, Run, RunWriter, SamplerInfo,
     Storage, Timings,
 };
-use crate::capture_run::ModelRef;
-use crate::model::Frames;
-use crate::sampling::{NoiseMode, SamplerSpec, SharedNoise};
+use crate::generate::{generate, Mode, Observer, Plan, Track};
+use crate::model::{Frames, Model};
+use crate::sampling::{NoiseMode, SamplerSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// How a re-score records.
 #[derive(Debug, Clone)]
@@ -85,7 +84,7 @@ pub fn sampler_of(m: &SamplerInfo) -> Result<SamplerSpec> {
 
 /// The model's input rows for a run's prompt ids (CSM: one text frame per id; Llama: one
 /// token per position).
-pub fn prompt_frames(model: ModelRef, ids: &[i64]) -> Result<Frames> {
+pub fn prompt_frames(model: &Model, ids: &[i64]) -> Result<Frames> {
     if ids.is_empty() {
         bail!("prompt.token_ids is empty: rescore needs the prompt the run fed its model");
     }
@@ -93,17 +92,13 @@ pub fn prompt_frames(model: ModelRef, ids: &[i64]) -> Result<Frames> {
         .iter()
         .map(|&i| u32::try_from(i).with_context(|| format!("prompt token id {i} out of range")))
         .collect::<Result<_>>()?;
-    match model {
-        ModelRef::Csm(m) => {
-            Frames::text(&ids, m.config.audio_num_codebooks, m.config.text_vocab_size)
-        }
-        ModelRef::Llama(m) => Frames::lm(&ids, m.config.vocab_size),
-    }
-    .context("the run's prompt.token_ids do not fit the model")
+    model
+        .prompt_of_ids(&ids)
+        .context("the run's prompt.token_ids do not fit the model")
 }
 
 /// Checks that `run` can be re-scored by `model`.
-pub fn check_compatible(model: ModelRef, run: &Run) -> Result<()> {
+pub fn check_compatible(model: &Model, run: &Run) -> Result<()> {
     let m = run.manifest();
     if m.model.kind != model.kind() {
         bail!(
@@ -136,11 +131,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Per-frame µs, backbone positions per frame, first token mismatch.
-type LoopOut = (Vec<f64>, Vec<u32>, Option<[usize; 2]>);
 
 /// Re-scores `run` with `backend` (already loaded from `model`). Writes `opts.out`.
 pub fn rescore(
-    model: ModelRef,
+    model: &Model,
     run: &Run,
     backend: &mut dyn Backend,
     load_ms: f64,
@@ -153,7 +147,7 @@ pub fn rescore(
     let (c, v) = (run.codebooks(), run.vocab());
     let info = backend.info();
     let mut notes = Vec::new();
-    let mi = model.model_info();
+    let mi = crate::commands::capture::model_info(model);
     if !rm.model.sha256.is_empty() && rm.model.sha256 != mi.sha256 {
         notes.push(format!(
             "the run's model.sha256 differs from {}'s weights (fine for a port that converted the weights; otherwise check --model)",
@@ -188,76 +182,37 @@ pub fn rescore(
     });
     let mut writer = RunWriter::create(&opts.out, manifest, c, v, opts.logits, opts.probs)
         .with_context(|| format!("--out {}", opts.out.display()))?;
-    let record = Record {
-        logits: opts.logits != Storage::None,
-        probs: opts.probs != Storage::None,
+    let fed: Vec<Vec<i32>> = run.fed_tokens().chunks(c).map(<[i32]>::to_vec).collect();
+    let plan = Plan {
+        sampler: &sampler,
+        max_steps: run.frames(),
+        record: Record {
+            logits: opts.logits != Storage::None,
+            probs: opts.probs != Storage::None,
+        },
+        mode: Mode::Teacher,
+        forced: Some(&fed),
+        stop: None,
+        codebooks: c,
+        vocab: v,
     };
-    let result = (|| -> Result<LoopOut> {
-        backend.reset(sampler.seed)?;
-        let fed = run.fed_tokens();
-        let mut input = prompt;
-        let mut step_us = Vec::with_capacity(run.frames());
-        let mut positions = Vec::with_capacity(run.frames());
-        let mut mismatch = None;
-        for f in 0..run.frames() {
-            let forced = &fed[f * c..(f + 1) * c];
-            let uniforms = (!sampler.is_greedy() && sampler.noise == NoiseMode::Shared)
-                .then(|| SharedNoise::frame_uniforms(sampler.seed, f as u64, c, v));
-            let req = FrameRequest {
-                input: &input,
-                sampler: &sampler,
-                uniforms: uniforms.as_deref(),
-                forced: Some(forced),
-                record,
-            };
-            let t0 = Instant::now();
-            let out = backend
-                .generate_frame(&req)
-                .with_context(|| format!("re-scoring frame {f}"))?;
-            let us = t0.elapsed().as_secs_f64() * 1e6;
-            if mismatch.is_none() {
-                let theirs = &run.tokens()[f * c..(f + 1) * c];
-                if let Some(cb) = out.sampled.iter().zip(theirs).position(|(a, b)| a != b) {
-                    mismatch = Some([f, cb]);
-                }
-            }
-            let rec = FrameRecord {
-                post_tokens: out.sampled.clone(),
-                tokens: out.sampled,
-                logits: out.logits,
-                probs: out.probs,
-                step_us: us,
-            };
-            writer.push_fed(&rec, Some(forced))?;
-            step_us.push(us);
-            positions.push(out.positions as u32);
-            input = Frames::audio(forced, v)?;
-        }
-        Ok((step_us, positions, mismatch))
-    })();
-    let (step_us, positions, mismatch) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let partial = writer.partial_dir().to_path_buf();
-            drop(writer);
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
+    let mut rec = Rescorer {
+        writer: &mut writer,
+        theirs: run.tokens(),
+        mismatch: None,
     };
-    let total_us: f64 = step_us.iter().sum();
-    let steady: Vec<f64> = step_us.iter().skip(1).cloned().collect();
-    let mean_ms = if steady.is_empty() {
-        total_us / 1e3
-    } else {
-        steady.iter().sum::<f64>() / steady.len() as f64 / 1e3
-    };
-    let timings = Timings {
-        load_ms,
-        prefill_ms: step_us.first().copied().unwrap_or(0.0) / 1e3,
-        total_ms: total_us / 1e3,
-        mean_frame_ms: mean_ms,
-        step_positions: positions,
-    };
+    let mut tracks = [Track::new(backend, &prompt)];
+    let result = generate(&mut tracks, &prompt, &plan, &mut rec);
+    let mismatch = rec.mismatch;
+    if let Err(e) = result {
+        let partial = writer.partial_dir().to_path_buf();
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    let [t] = tracks;
+    let timings = Timings::of_steps(load_ms, &t.step_us, t.positions);
+    let mean_ms = timings.mean_frame_ms;
     let out = writer.finish(&rm.stop_reason, timings)?;
     Ok(RescoreSummary {
         run: run.dir().display().to_string(),
@@ -277,4 +232,33 @@ pub fn rescore(
 pub fn model_dir_of(run: &Run) -> Option<PathBuf> {
     let p = Path::new(&run.manifest().model.path);
     (!run.manifest().model.path.is_empty() && p.is_dir()).then(|| p.to_path_buf())
+}
+
+/// Records each re-scored step and notes the first step whose tokens differ from the run's.
+struct Rescorer<'w> {
+    writer: &'w mut RunWriter,
+    theirs: &'w [i32],
+    mismatch: Option<[usize; 2]>,
+}
+
+impl Observer for Rescorer<'_> {
+    fn step(&mut self, _: usize, f: usize, out: FrameOutput, t: &Track) -> Result<()> {
+        let c = out.sampled.len();
+        if self.mismatch.is_none() {
+            let theirs = &self.theirs[f * c..(f + 1) * c];
+            if let Some(cb) = out.sampled.iter().zip(theirs).position(|(a, b)| a != b) {
+                self.mismatch = Some([f, cb]);
+            }
+        }
+        let rec = FrameRecord {
+            post_tokens: out.sampled.clone(),
+            tokens: out.sampled,
+            logits: out.logits,
+            probs: out.probs,
+            step_us: t.step_us[f],
+        };
+        self.writer
+            .push_fed(&rec, Some(&t.fed[f]))
+            .with_context(|| format!("re-scoring frame {f}"))
+    }
 }
