@@ -26,13 +26,7 @@ fn est(e: &EstimateView) -> String {
 fn cell(c: &Cell) -> String {
     match c {
         Cell::Text(s) => esc(s),
-        Cell::Spans(v) => v
-            .iter()
-            .map(|x| match x {
-                Span::Text(s) => esc(s),
-                Span::Sub(s) => format!("<sub>{}</sub>", esc(s)),
-            })
-            .collect(),
+        Cell::Spans(v) => Span::join(v, esc, |s| format!("<sub>{s}</sub>")),
         Cell::Split(v) => esc(&v.join(" / ")),
         Cell::Strong(s) => format!("<b>{}</b>", esc(s)),
         Cell::Token { id, text } => match text {

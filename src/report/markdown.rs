@@ -30,13 +30,7 @@ fn pipes(s: &str) -> String {
 fn cell(c: &Cell) -> String {
     match c {
         Cell::Text(s) | Cell::Strong(s) => pipes(s),
-        Cell::Spans(v) => v
-            .iter()
-            .map(|x| match x {
-                Span::Text(s) => pipes(s),
-                Span::Sub(s) => format!("_{}", pipes(s)),
-            })
-            .collect(),
+        Cell::Spans(v) => Span::join(v, pipes, |s| format!("_{s}")),
         Cell::Split(v) => v.iter().map(|s| pipes(s)).collect::<Vec<_>>().join(" | "),
         Cell::Token { id, text } => match text {
             Some(t) => format!("{id} `{}`", pipes(t).replace('`', "'")),

@@ -38,13 +38,12 @@ fn run_line(r: &RunView) -> String {
 
 /// The line for logits or probs that have no summary: not recorded by both runs, or no
 /// compared step finite in both.
-fn no_summary(what: &str, recorded: bool, nonfinite: [usize; 2]) -> String {
-    let [a, b] = nonfinite;
-    if recorded {
-        format!("{what}: recorded in both runs, but no compared step has finite values in both (non-finite steps: A {a}, B {b})")
+fn no_summary(s: &mut String, what: &str, recorded: bool, [a, b]: [usize; 2]) {
+    let _ = if recorded {
+        writeln!(s, "{what}: recorded in both runs, but no compared step has finite values in both (non-finite steps: A {a}, B {b})")
     } else {
-        format!("{what}: not recorded in both runs")
-    }
+        writeln!(s, "{what}: not recorded in both runs")
+    };
 }
 
 /// The terminal summary.
@@ -176,10 +175,12 @@ pub fn render(d: &Diff) -> String {
                 );
             }
         }
-        None => {
-            let n = [nf.a.logits_steps, nf.b.logits_steps];
-            let _ = writeln!(s, "{}", no_summary("logits", o.logits_recorded, n));
-        }
+        None => no_summary(
+            &mut s,
+            "logits",
+            o.logits_recorded,
+            [nf.a.logits_steps, nf.b.logits_steps],
+        ),
     }
     match &o.probs {
         Some(p) => {
@@ -216,10 +217,12 @@ pub fn render(d: &Diff) -> String {
                 );
             }
         }
-        None => {
-            let n = [nf.a.probs_steps, nf.b.probs_steps];
-            let _ = writeln!(s, "{}", no_summary("sampler probs", o.probs_recorded, n));
-        }
+        None => no_summary(
+            &mut s,
+            "sampler probs",
+            o.probs_recorded,
+            [nf.a.probs_steps, nf.b.probs_steps],
+        ),
     }
     if let Some(n) = &v.nonfinite {
         let _ = writeln!(

@@ -30,6 +30,19 @@ pub enum Span {
     Sub(String),
 }
 
+impl Span {
+    /// The spans as one string: text through `text`, subscripts through `sub`.
+    pub fn join(spans: &[Span], text: fn(&str) -> String, sub: fn(String) -> String) -> String {
+        spans
+            .iter()
+            .map(|x| match x {
+                Span::Text(s) => text(s),
+                Span::Sub(s) => sub(text(s)),
+            })
+            .collect()
+    }
+}
+
 /// A bootstrap estimate: its value and its interval, or why there is none.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EstimateView {
@@ -794,5 +807,263 @@ impl ReportView {
                 n.a_logits, n.a_probs, n.b_logits, n.b_probs
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{compare, DiffOptions};
+    use crate::capture::{FrameRecord, Manifest, Run, RunWriter, Storage, Timings};
+    use std::path::{Path, PathBuf};
+
+    const FRAMES: usize = 4;
+    const CODEBOOKS: usize = 2;
+    const VOCAB: usize = 4;
+
+    /// Frame f, codebook c: logits peaked on token (f + c) % VOCAB, which is sampled.
+    fn records() -> Vec<FrameRecord> {
+        (0..FRAMES)
+            .map(|f| {
+                let mut logits = vec![0f32; CODEBOOKS * VOCAB];
+                let tokens: Vec<i32> = (0..CODEBOOKS).map(|c| ((f + c) % VOCAB) as i32).collect();
+                for (c, &t) in tokens.iter().enumerate() {
+                    logits[c * VOCAB + t as usize] = 4.0;
+                }
+                FrameRecord {
+                    post_tokens: tokens.clone(),
+                    tokens,
+                    logits: Some(logits),
+                    probs: None,
+                    step_us: 1000.0,
+                }
+            })
+            .collect()
+    }
+
+    fn write(dir: &Path, backend: &str, recs: &[FrameRecord]) -> PathBuf {
+        let mut m = Manifest::example(backend);
+        m.prompt.text = "a | b".into();
+        let mut w =
+            RunWriter::create(dir, m, CODEBOOKS, VOCAB, Storage::F32, Storage::None).unwrap();
+        for r in recs {
+            w.push(r).unwrap();
+        }
+        w.finish(
+            "max_frames",
+            Timings {
+                load_ms: 1.0,
+                prefill_ms: 1.0,
+                total_ms: 1.0,
+                mean_frame_ms: 1.0,
+                step_positions: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    /// A and B agree except B samples another token at frame 2, codebook 1 (same logits).
+    fn view() -> (Diff, ReportView) {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = records();
+        let mut b = a.clone();
+        b[2].tokens[1] = (b[2].tokens[1] + 1) % VOCAB as i32;
+        b[2].post_tokens[1] = b[2].tokens[1];
+        let (pa, pb) = (
+            write(&tmp.path().join("a"), "torch", &a),
+            write(&tmp.path().join("b"), "mlx", &b),
+        );
+        let d = compare(
+            &Run::open(&pa).unwrap(),
+            &Run::open(&pb).unwrap(),
+            &DiffOptions::default(),
+        )
+        .unwrap();
+        let v = ReportView::of(&d);
+        (d, v)
+    }
+
+    fn texts(cells: &[Cell]) -> Vec<String> {
+        cells
+            .iter()
+            .map(|c| match c {
+                Cell::Text(s) | Cell::Strong(s) => s.clone(),
+                Cell::Split(v) => v.join("/"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn labels(t: &Table, m: Medium) -> Vec<String> {
+        t.rows_for(m)
+            .map(|r| texts(&r.cells[..1])[0].clone())
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_tagged_and_formatted() {
+        let (_, v) = view();
+        let [a, b] = &v.runs;
+        assert_eq!((a.tag, a.backend.as_str()), ("A (reference)", "torch"));
+        assert_eq!((b.tag, b.backend.as_str()), ("B (candidate)", "mlx"));
+        assert_eq!(a.frames, "4");
+        assert_eq!(a.prompt, "a | b", "escaping is the renderers' job");
+        let t = v.runs_table();
+        assert_eq!(t.head.len(), 14);
+        assert_eq!(
+            t.head[9],
+            Cell::Split(vec!["sampler".into(), "noise".into()])
+        );
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(texts(&t.rows[1].cells)[0], "B (candidate)");
+        assert_eq!(texts(&t.rows[0].cells)[13], "–", "no fault");
+    }
+
+    #[test]
+    fn events_name_the_first_token_mismatch() {
+        let (_, v) = view();
+        let labels: Vec<&str> = v.events.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels.len(), 7);
+        assert!(labels[0].starts_with("divergence point ("));
+        assert_eq!(labels[1], "sampled token mismatch");
+        assert_eq!(v.events[1].step, "frame 2 codebook 1");
+        assert_eq!(v.events[2].step, "none", "identical logits never breach");
+        let short: Vec<&str> = v.events.iter().filter_map(|e| e.short).collect();
+        assert_eq!(
+            short,
+            [
+                "token mismatch",
+                "logits breach",
+                "probs breach",
+                "support mismatch",
+                "post-only"
+            ]
+        );
+        let t = v.events_table();
+        assert_eq!(
+            texts(&t.rows[1].cells),
+            ["sampled token mismatch", "frame 2 codebook 1"]
+        );
+        assert_eq!(v.point.as_deref(), Some("frame 2 codebook 1"));
+    }
+
+    #[test]
+    fn agreement_rows_differ_only_where_marked() {
+        let (d, v) = view();
+        let md = labels(&v.agreement, Medium::Markdown);
+        let html = labels(&v.agreement, Medium::Html);
+        assert!(md.contains(&"mean KL(softmax)".to_string()));
+        assert!(!md.contains(&"mean KL(softmax A ‖ softmax B)".to_string()));
+        assert!(html.contains(&"mean KL(softmax A ‖ softmax B)".to_string()));
+        assert_eq!(md.len(), html.len());
+        assert_eq!(md[0], "token agreement");
+        // No probs recorded: no probs rows; logits rows from the overall logits stats.
+        assert!(!md.iter().any(|l| l.starts_with("probs")));
+        let l = d.overall.logits.as_ref().unwrap();
+        let breach = v
+            .agreement
+            .rows
+            .iter()
+            .find(|r| texts(&r.cells[..1])[0] == "logits breaching steps")
+            .unwrap();
+        assert_eq!(texts(&breach.cells)[1], format!("0 of {}", l.max_abs.n));
+        let post = &v.agreement.rows[1];
+        assert_eq!(texts(&post.cells)[1], num(d.overall.post_token_agreement));
+    }
+
+    #[test]
+    fn distributions_have_a_row_per_quantity() {
+        let (_, v) = view();
+        let t = &v.distributions;
+        assert_eq!(t.head.len(), 12);
+        assert_eq!(t.rows.len(), 7);
+        assert!(t.rows.iter().all(|r| r.cells.len() == 12));
+        let first = texts(&t.rows[0].cells);
+        assert_eq!(first[0], "logits max |Δ|");
+        assert_eq!(first[2], "0 ± 0", "identical logits");
+        assert_eq!(first[11], "0");
+        // Probs were not recorded: n 0 and dashes.
+        let probs = texts(&t.rows[3].cells);
+        assert_eq!(probs[0], "probs max |Δ|");
+        assert_eq!(probs[1], "0");
+        assert!(probs[2..].iter().all(|c| c == "–"));
+    }
+
+    #[test]
+    fn codebooks_all_first_and_worst_first() {
+        let (d, v) = view();
+        assert_eq!(v.codebooks.len(), 1 + CODEBOOKS);
+        assert_eq!(v.codebooks[0].codebook, None);
+        assert_eq!(
+            v.codebooks_table().rows[0].cells[0],
+            Cell::Strong("all".into())
+        );
+        assert_eq!(v.codebooks[2].codebook, Some(1));
+        assert_eq!(v.worst.len(), CODEBOOKS);
+        assert_eq!(
+            v.worst[0].codebook,
+            Some(1),
+            "the mismatching codebook leads"
+        );
+        assert_eq!(v.worst[0].agreement, num(d.per_codebook[1].token_agreement));
+        assert_ne!(v.worst[0].agreement, "1");
+        assert_eq!(v.worst[1].agreement, "1");
+        assert_eq!(v.worst[1].probs_kl, "–", "no probs");
+    }
+
+    #[test]
+    fn tokens_table_marks_subscripts() {
+        let (_, v) = view();
+        let kl = v
+            .tokens
+            .rows
+            .iter()
+            .find_map(|r| match &r.cells[0] {
+                Cell::Spans(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            Span::join(&kl, str::to_string, |s| format!("_{s}")),
+            "KL(h_A ‖ h_B), add-½ smoothing"
+        );
+        let md = labels(&v.tokens, Medium::Markdown);
+        assert_eq!(md.first().map(String::as_str), Some("unique tokens A / B"));
+        assert_eq!(md.last().map(String::as_str), Some("top tokens B"));
+    }
+
+    #[test]
+    fn estimates_carry_their_interval_or_why_not() {
+        let e = Estimate {
+            value: 0.5,
+            ci_low: 0.25,
+            ci_high: 0.75,
+            level: 0.95,
+            resamples: 1000,
+            groups: 10,
+            note: None,
+        };
+        let Cell::Estimate(x) = estimate(&Some(e.clone())) else {
+            panic!("an estimate")
+        };
+        let ci = x.ci.unwrap();
+        assert_eq!(
+            (
+                x.value.as_str(),
+                ci.low.as_str(),
+                ci.high.as_str(),
+                ci.level.as_str()
+            ),
+            ("0.5", "0.25", "0.75", "95")
+        );
+        let none = Estimate {
+            ci_low: f64::NAN,
+            ..e
+        };
+        let Cell::Estimate(x) = estimate(&Some(none)) else {
+            panic!("an estimate")
+        };
+        assert_eq!(x.ci, Err("too little data".to_string()));
+        assert_eq!(estimate(&None), Cell::text("–"));
     }
 }
