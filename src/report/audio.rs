@@ -407,22 +407,24 @@ fn wave_figure<DB: DrawingBackend>(
             )))
             .map_err(err)?;
     }
-    chart
-        .draw_series(LineSeries::new(
-            a.iter().enumerate().map(|(i, &v)| (t(start + i), v as f64)),
-            COLOR_A.stroke_width(2),
-        ))
-        .map_err(err)?
-        .label("A (reference)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], COLOR_A.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(
-            b.iter().enumerate().map(|(i, &v)| (t(start + i), v as f64)),
-            COLOR_B.stroke_width(1),
-        ))
-        .map_err(err)?
-        .label("B (candidate)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], COLOR_B.stroke_width(2)));
+    // A drawn thicker underneath, so where B lies on top of it both stay visible.
+    for (wave, color, width, label) in [
+        (a, COLOR_A, 2, "A (reference)"),
+        (b, COLOR_B, 1, "B (candidate)"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                wave.iter()
+                    .enumerate()
+                    .map(|(i, &v)| (t(start + i), v as f64)),
+                color.stroke_width(width),
+            ))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
     if c.metrics.first_departure.is_some() {
         chart
             .draw_series(std::iter::once(PathElement::new(

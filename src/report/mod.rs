@@ -6,6 +6,7 @@ pub mod html;
 pub mod markdown;
 pub mod plots;
 pub mod terminal;
+pub mod view;
 
 use crate::analysis::divergence::Step;
 use crate::analysis::Diff;

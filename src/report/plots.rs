@@ -3,6 +3,7 @@
 //! legend or a colour scale; legends sit in a strip right of the plot area, never on the data.
 use crate::analysis::Diff;
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::collections::HashMap;
@@ -291,6 +292,49 @@ fn binned(d: &Diff, value: impl Fn(usize) -> Option<f64>) -> (Vec<Option<f64>>, 
     (out, cols, bin)
 }
 
+/// The frame × codebook chart of the heatmaps and the agreement map: cells span [k − ½, k + ½],
+/// so integer ticks sit at the cell centres; binned columns say so on the frame axis
+/// (`frame (<binning> of 3)`).
+fn grid<'c, DB: DrawingBackend>(
+    builder: &mut ChartBuilder<'_, '_, DB>,
+    (cols, bin, c_n): (usize, usize, usize),
+    binning: &str,
+) -> Result<ChartContext<'c, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let mut chart = builder
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            -0.5f64..(cols * bin) as f64 - 0.5,
+            -0.5f64..c_n as f64 - 0.5,
+        )
+        .map_err(err)?;
+    let int_label = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 && *v >= -1e-6 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(if bin > 1 {
+            format!("frame ({binning} of {bin})")
+        } else {
+            "frame".into()
+        })
+        .y_desc("codebook")
+        .x_labels((cols * bin).clamp(2, 21))
+        .y_labels((c_n + 1).clamp(2, 17))
+        .x_label_formatter(&int_label)
+        .y_label_formatter(&int_label)
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 fn heat<DB: DrawingBackend>(
     d: &Diff,
     root: &DrawingArea<DB, Shift>,
@@ -319,40 +363,11 @@ fn heat<DB: DrawingBackend>(
     let (w, _) = root.dim_in_pixel();
     let (main, bar) = root.split_horizontally(w as i32 - 130);
     let c_n = s.codebooks;
-    let mut chart = ChartBuilder::on(&main)
-        .caption(title, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        // Cells span [k − ½, k + ½]: integer ticks sit at the cell centres.
-        .build_cartesian_2d(
-            -0.5f64..(cols * bin) as f64 - 0.5,
-            -0.5f64..c_n as f64 - 0.5,
-        )
-        .map_err(err)?;
-    let int_label = |v: &f64| {
-        if (v - v.round()).abs() < 1e-6 && *v >= -1e-6 {
-            format!("{}", v.round() as i64)
-        } else {
-            String::new()
-        }
-    };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc(if bin > 1 {
-            format!("frame (max over bins of {bin})")
-        } else {
-            "frame".into()
-        })
-        .y_desc("codebook")
-        .x_labels((cols * bin).clamp(2, 21))
-        .y_labels((c_n + 1).clamp(2, 17))
-        .x_label_formatter(&int_label)
-        .y_label_formatter(&int_label)
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(err)?;
+    let mut chart = grid(
+        ChartBuilder::on(&main).caption(title, (FONT, 20)),
+        (cols, bin, c_n),
+        "max over bins",
+    )?;
     chart
         .draw_series((0..cols).flat_map(|col| {
             let logs = &logs;
@@ -468,39 +483,7 @@ fn agreement<DB: DrawingBackend>(
         e.1 &= i < s.comparable_end;
     }
     let (plot, legend) = with_legend_strip(root, title)?;
-    let mut chart = ChartBuilder::on(&plot)
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        // Cells span [k − ½, k + ½]: integer ticks sit at the cell centres (as the heatmaps).
-        .build_cartesian_2d(
-            -0.5f64..(cols * bin) as f64 - 0.5,
-            -0.5f64..c_n as f64 - 0.5,
-        )
-        .map_err(err)?;
-    let int_label = |v: &f64| {
-        if (v - v.round()).abs() < 1e-6 && *v >= -1e-6 {
-            format!("{}", v.round() as i64)
-        } else {
-            String::new()
-        }
-    };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc(if bin > 1 {
-            format!("frame (bins of {bin})")
-        } else {
-            "frame".into()
-        })
-        .y_desc("codebook")
-        .x_labels((cols * bin).clamp(2, 21))
-        .y_labels((c_n + 1).clamp(2, 17))
-        .x_label_formatter(&int_label)
-        .y_label_formatter(&int_label)
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(err)?;
+    let mut chart = grid(&mut ChartBuilder::on(&plot), (cols, bin, c_n), "bins")?;
     let green = RGBColor(44, 160, 44);
     let color = |agree: bool, comp: bool| match (agree, comp) {
         (true, true) => green,

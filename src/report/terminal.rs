@@ -1,7 +1,9 @@
-//! One-screen terminal summary, verdict line first.
-use super::{chi_text, num, opt_num, step};
+//! One-screen terminal summary, verdict line first: the [`ReportView`]'s runs, divergence and
+//! worst codebooks in aligned lines, with the overall metrics condensed to a line each.
+use super::view::{ReportView, RunView};
+use super::{chi_text, num, opt_num};
 use crate::analysis::stats::Estimate;
-use crate::analysis::{Diff, Metrics, RunInfo};
+use crate::analysis::Diff;
 use std::fmt::Write;
 
 fn ci(e: &Option<Estimate>) -> String {
@@ -11,21 +13,22 @@ fn ci(e: &Option<Estimate>) -> String {
     }
 }
 
-fn run_line(tag: &str, r: &RunInfo) -> String {
+fn run_line(r: &RunView) -> String {
     format!(
-        "{tag} {:<6} {} frames, {}, logits {}, probs {}, sampler {}/{} T {} top-k {} seed {}, post {}, stop {}{}",
+        "{} {:<6} {} frames, {}, logits {}, probs {}, sampler {}/{} T {} top-k {} seed {}, post {}, stop {}{}",
+        r.tag,
         r.backend,
         r.frames,
         r.dtype,
-        r.logits_storage,
-        r.probs_storage,
-        r.sampler_mode,
+        r.logits,
+        r.probs,
+        r.sampler,
         r.noise,
-        r.temperature as f32,
+        r.temperature,
         r.top_k,
         r.seed,
         r.post,
-        r.stop_reason,
+        r.stop,
         r.fault
             .as_ref()
             .map(|f| format!(", FAULT {f}"))
@@ -33,81 +36,64 @@ fn run_line(tag: &str, r: &RunInfo) -> String {
     )
 }
 
-fn kl_of(m: &Metrics) -> Option<f64> {
-    m.logits
-        .as_ref()
-        .and_then(|l| l.kl.as_ref())
-        .map(|k| k.mean)
+/// The line for logits or probs that have no summary: not recorded by both runs, or no
+/// compared step finite in both.
+fn no_summary(s: &mut String, what: &str, recorded: bool, [a, b]: [usize; 2]) {
+    let _ = if recorded {
+        writeln!(s, "{what}: recorded in both runs, but no compared step has finite values in both (non-finite steps: A {a}, B {b})")
+    } else {
+        writeln!(s, "{what}: not recorded in both runs")
+    };
 }
 
 /// The terminal summary.
 pub fn render(d: &Diff) -> String {
+    let v = ReportView::of(d);
     let mut s = String::new();
     let o = &d.overall;
-    let _ = writeln!(s, "{}", d.verdict.line);
-    let _ = writeln!(s, "{}", run_line("A (reference)", &d.a));
-    let _ = writeln!(s, "{}", run_line("B (candidate)", &d.b));
-    if let Some(e) = &d.performance.explanation {
+    let _ = writeln!(s, "{}", v.verdict_line);
+    for r in &v.runs {
+        let _ = writeln!(s, "{}", run_line(r));
+    }
+    if let Some(e) = &v.performance {
         let _ = writeln!(s, "performance: {e}");
     }
+    let c = &v.scope;
     let _ = writeln!(
         s,
         "steps: {} compared, {} comparable — {}",
-        d.steps_total, d.steps_comparable, d.comparability
+        c.steps, c.comparable, c.comparability
     );
-    if let (Some(p), Some(e)) = (d.divergence.point, &d.divergence.explanation) {
-        let _ = writeln!(
-            s,
-            "divergence: frame {} codebook {}: {e}",
-            p.frame, p.codebook
-        );
+    if let (Some(p), Some((_, e))) = (&v.point, &v.stage) {
+        let _ = writeln!(s, "divergence: {p}: {e}");
     }
-    let dv = &d.divergence;
-    let tl = &d.tolerances;
+    let tl = &v.tolerances;
     let _ = writeln!(
         s,
         "tolerances: atol {} rtol {} probs-atol {} ({})",
         tl.atol, tl.rtol, tl.probs_atol, tl.source
     );
-    let _ = writeln!(
-        s,
-        "first: token mismatch {} | logits breach {} | probs breach {} | support mismatch {} | post-only {}",
-        step(dv.first_token_mismatch),
-        step(dv.first_logits_breach),
-        step(dv.first_probs_breach),
-        step(dv.first_support_mismatch),
-        step(dv.first_post_only_mismatch)
-    );
-    if let Some(m) = &d.first_mismatch_membership {
+    let first: Vec<String> = v
+        .events
+        .iter()
+        .filter_map(|e| e.short.map(|n| format!("{n} {}", e.step)))
+        .collect();
+    let _ = writeln!(s, "first: {}", first.join(" | "));
+    if let Some(m) = &v.membership {
         let _ = writeln!(
             s,
             "at the first token mismatch ({}): A sampled {}, B sampled {}; B's token is rank {} in A's {}, A's token rank {} in B's; {}",
-            step(Some(m.step)),
-            m.token_a,
-            m.token_b,
-            m.rank_of_b_in_a.map_or("–".into(), |r| r.to_string()),
-            m.source,
-            m.rank_of_a_in_b.map_or("–".into(), |r| r.to_string()),
-            if m.near_tie {
-                format!("both in each other's top-{}: a near-tie", m.n)
-            } else {
-                format!("not a near-tie (top-{})", m.n)
-            }
+            m.step, m.token_a, m.token_b, m.rank_of_b_in_a, m.source, m.rank_of_a_in_b, m.tie
         );
     }
-    if let Some(t) = &d.divergence_top {
+    if let Some(t) = &v.top {
         let rows: Vec<String> = t
             .rows
             .iter()
             .take(5)
             .map(|r| {
-                format!(
-                    "{}{} {}/{}",
-                    r.token,
-                    r.text.as_ref().map_or(String::new(), |t| format!(" {t:?}")),
-                    opt_num(r.p_a),
-                    opt_num(r.p_b)
-                )
+                let text = r.text.as_ref().map_or(String::new(), |t| format!(" {t}"));
+                format!("{}{text} {}/{}", r.token, r.p_a, r.p_b)
             })
             .collect();
         let _ = writeln!(
@@ -147,18 +133,14 @@ pub fn render(d: &Diff) -> String {
                 num(l.max_rel),
                 l.breaches,
                 l.max_abs.n + l.nonfinite_steps,
-                d.tolerances.atol,
-                d.tolerances.rtol
+                tl.atol,
+                tl.rtol
             );
-            if let Some(e) = &d.largest_logit_error {
+            if let Some(e) = &v.largest {
                 let _ = writeln!(
                     s,
                     "largest |Δlogit| {} at {} vocab index {} (A {}, B {})",
-                    num(e.abs as f64),
-                    step(Some(e.step)),
-                    e.index,
-                    num(e.a as f64),
-                    num(e.b as f64)
+                    e.abs, e.step, e.index, e.a, e.b
                 );
             }
             if let Some(k) = &l.kl {
@@ -193,16 +175,12 @@ pub fn render(d: &Diff) -> String {
                 );
             }
         }
-        None if o.logits_recorded => {
-            let _ = writeln!(
-                s,
-                "logits: recorded in both runs, but no compared step has finite values in both (non-finite steps: A {}, B {})",
-                nf.a.logits_steps, nf.b.logits_steps
-            );
-        }
-        None => {
-            let _ = writeln!(s, "logits: not recorded in both runs");
-        }
+        None => no_summary(
+            &mut s,
+            "logits",
+            o.logits_recorded,
+            [nf.a.logits_steps, nf.b.logits_steps],
+        ),
     }
     match &o.probs {
         Some(p) => {
@@ -239,25 +217,21 @@ pub fn render(d: &Diff) -> String {
                 );
             }
         }
-        None if o.probs_recorded => {
-            let _ = writeln!(
-                s,
-                "sampler probs: recorded in both runs, but no compared step has finite values in both (non-finite steps: A {}, B {})",
-                nf.a.probs_steps, nf.b.probs_steps
-            );
-        }
-        None => {
-            let _ = writeln!(s, "sampler probs: not recorded in both runs");
-        }
+        None => no_summary(
+            &mut s,
+            "sampler probs",
+            o.probs_recorded,
+            [nf.a.probs_steps, nf.b.probs_steps],
+        ),
     }
-    if nf.a.logits_steps + nf.a.probs_steps + nf.b.logits_steps + nf.b.probs_steps > 0 {
+    if let Some(n) = &v.nonfinite {
         let _ = writeln!(
             s,
             "non-finite (NaN/Inf) steps: A logits {} probs {}; B logits {} probs {}",
-            nf.a.logits_steps, nf.a.probs_steps, nf.b.logits_steps, nf.b.probs_steps
+            n.a_logits, n.a_probs, n.b_logits, n.b_probs
         );
     }
-    for n in &d.not_compared {
+    for n in &v.not_compared {
         let _ = writeln!(s, "not compared: {n}");
     }
     let t = &o.tokens;
@@ -286,37 +260,29 @@ pub fn render(d: &Diff) -> String {
     if let Some(a) = &d.audio {
         let _ = writeln!(s, "{}", super::audio::terminal_line(a));
     }
-    // Worst codebooks by token agreement, then KL.
-    let mut cbs: Vec<&Metrics> = d.per_codebook.iter().collect();
-    cbs.sort_by(|x, y| {
-        x.token_agreement
-            .total_cmp(&y.token_agreement)
-            .then(kl_of(y).unwrap_or(0.0).total_cmp(&kl_of(x).unwrap_or(0.0)))
-            .then(x.codebook.cmp(&y.codebook))
-    });
-    let shown = cbs.len().min(8);
+    let total = d.per_codebook.len();
     let _ = writeln!(
         s,
         "per codebook ({}): cb  agree   top-1   KL mean    max|Δ|     hist∩",
-        if shown < cbs.len() {
-            format!("worst {shown} of {}", cbs.len())
+        if v.worst.len() < total {
+            format!("worst {} of {total}", v.worst.len())
         } else {
             "all".into()
         }
     );
-    for m in &cbs[..shown] {
+    for m in &v.worst {
         let _ = writeln!(
             s,
             "  {:>3}  {:<7} {:<7} {:<10} {:<10} {}",
             m.codebook.unwrap_or(0),
-            num(m.token_agreement),
-            opt_num(m.top1_agreement),
-            opt_num(kl_of(m)),
-            opt_num(m.logits.as_ref().map(|l| l.max_abs.max)),
-            num(m.tokens.hist_intersection)
+            m.agreement,
+            m.top1,
+            m.kl_mean,
+            m.max_abs,
+            m.hist
         );
     }
-    for w in &d.warnings {
+    for w in &v.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
     s
