@@ -30,7 +30,7 @@ mod with_backends {
     }
 
     use csm_parity::model::{fixture, CsmModel};
-    use csm_parity::sweep::{self, output, Execution, SweepSpec};
+    use csm_parity::commands::sweep::{self, output, Execution, SweepSpec};
 
     fn spec(model: &CsmModel) -> SweepSpec {
         SweepSpec {

@@ -9,7 +9,7 @@ use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
 use crate::capture_run::{capture_with, load_backends, CaptureOptions, Mode, ModelRef};
 use crate::cli::common::{LoadedModel, ModelArgs, ModelKindChoice};
-use crate::gate::{checks, parse_config, GateConfig, GateReport, Measured};
+use crate::commands::gate::{checks, parse_config, GateConfig, GateReport, Measured};
 use crate::rescore::{rescore, RescoreOptions};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};

@@ -15,7 +15,7 @@ use crate::capture::{Run, Storage};
 use crate::capture_run::{
     capture_with, load_backends, run_dir, CaptureOptions, LoadedBackend, Mode, ModelRef,
 };
-use crate::gate_outside::{judge_candidate, run_candidate_cmd, CandidateJob};
+use crate::commands::gate::outside::{judge_candidate, run_candidate_cmd, CandidateJob};
 use crate::model::{CsmModel, DType};
 use crate::sampling::{NoiseMode, PostProcess, SamplerSpec};
 use anyhow::{bail, Context, Result};
@@ -719,7 +719,7 @@ pub fn run_sweep_with(
         bail!("the sweep spec's candidate does not match the candidate given");
     }
     if let Some(CandidateSource::Command(t)) = candidate {
-        crate::gate_outside::check_template(t)?;
+        crate::commands::gate::outside::check_template(t)?;
     }
     if let Some(CandidateSource::Runs(d)) = candidate {
         if !d.is_dir() {

@@ -2,11 +2,13 @@
 //! seeds, sampler and thresholds (and optionally a baseline with a margin); the gate captures
 //! both pipelines for every text × seed (shared noise with logits, native noise), measures, and
 //! checks. Exit 0: every check passes; 1: a check fails; 2: usage or input error.
+pub mod outside;
+
 use crate::backend::BackendKind;
 use crate::capture::Storage;
 use crate::capture_run::{load_backends, LoadedBackend, ModelRef};
 use crate::model::{fixture, CsmModel, DType, HostTensor};
-use crate::sweep::{self, Job, JobResult, JobSettings};
+use crate::commands::sweep::{self, Job, JobResult, JobSettings};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt::Write;
