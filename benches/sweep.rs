@@ -10,8 +10,8 @@
 //! the workers. Under `cargo test --benches` (no `--bench` argument) it runs a 1×1×1 smoke size.
 #[cfg(all(feature = "mlx", feature = "torch"))]
 fn main() {
-    use csm_parity::model::{fixture, CsmModel};
     use csm_parity::commands::sweep::{run_sweep, Execution, SweepSpec};
+    use csm_parity::model::{fixture, CsmModel};
     use std::time::Instant;
 
     let full = std::env::args().any(|a| a == "--bench");

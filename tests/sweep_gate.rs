@@ -29,8 +29,8 @@ mod with_backends {
         v["result"].clone()
     }
 
-    use csm_parity::model::{fixture, CsmModel};
     use csm_parity::commands::sweep::{self, output, Execution, SweepSpec};
+    use csm_parity::model::{fixture, CsmModel};
 
     fn spec(model: &CsmModel) -> SweepSpec {
         SweepSpec {
