@@ -98,6 +98,27 @@ fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "–".into())
 }
 
+/// The cells, best first.
+fn ranked(r: &SweepResult) -> impl Iterator<Item = &CellResult> {
+    r.ranking.iter().map(|&i| &r.cells[i])
+}
+
+/// The columns both tables start with: rank, temperature, top-k, jobs, then the estimates of
+/// token agreement, first divergence frame, histogram intersection, noise floor, parity gap.
+fn row(c: &CellResult) -> [String; 9] {
+    [
+        c.rank.to_string(),
+        c.temperature.to_string(),
+        c.top_k.to_string(),
+        c.jobs.to_string(),
+        est(c.token_agreement.as_ref()),
+        est(c.divergence_frame.as_ref()),
+        est(c.hist_intersection.as_ref()),
+        est(c.noise_floor.as_ref()),
+        est(c.gap.as_ref()),
+    ]
+}
+
 /// The ranked markdown table (best first).
 pub fn markdown_table(r: &SweepResult) -> String {
     let mut s = String::new();
@@ -109,22 +130,12 @@ pub fn markdown_table(r: &SweepResult) -> String {
         s,
         "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---|---|---|---:|---:|"
     );
-    for &i in &r.ranking {
-        let c = &r.cells[i];
+    for c in ranked(r) {
+        let [rank, temp, k, jobs, agree, diverge, hist, floor, gap] = row(c);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.rank,
-            c.temperature,
-            c.top_k,
-            c.jobs,
-            est(c.token_agreement.as_ref()),
-            est(c.divergence_frame.as_ref()),
+            "| {rank} | {temp} | {k} | {jobs} | {agree} | {diverge} | {}/{jobs} | {hist} | {floor} | {gap} | {} | {} | {} | {} | {} | {} |",
             c.diverged_jobs,
-            c.jobs,
-            est(c.hist_intersection.as_ref()),
-            est(c.noise_floor.as_ref()),
-            est(c.gap.as_ref()),
             match c.above_noise_floor {
                 Some(true) => "yes",
                 Some(false) => "no",
@@ -199,20 +210,11 @@ pub fn terminal(r: &SweepResult) -> String {
         "parity gap",
         "pooled p"
     );
-    for &i in &r.ranking {
-        let c = &r.cells[i];
+    for c in ranked(r) {
+        let [rank, temp, k, jobs, agree, diverge, hist, floor, gap] = row(c);
         let _ = writeln!(
             s,
-            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
-            c.rank,
-            c.temperature,
-            c.top_k,
-            c.jobs,
-            est(c.token_agreement.as_ref()),
-            est(c.divergence_frame.as_ref()),
-            est(c.hist_intersection.as_ref()),
-            est(c.noise_floor.as_ref()),
-            est(c.gap.as_ref()),
+            "{rank:>4} {temp:>6} {k:>6} {jobs:>5}  {agree:<24} {diverge:<24} {hist:<24} {floor:<24} {gap:<24} {:>9}",
             opt(c.pooled.chi_square_p)
         );
     }
