@@ -10,8 +10,8 @@
 //! the workers. Under `cargo test --benches` (no `--bench` argument) it runs a 1×1×1 smoke size.
 #[cfg(all(feature = "mlx", feature = "torch"))]
 fn main() {
+    use csm_parity::commands::sweep::{run_sweep, Execution, SweepSpec};
     use csm_parity::model::{fixture, CsmModel, Model};
-    use csm_parity::sweep::{run_sweep, Execution, SweepSpec};
     use std::time::Instant;
 
     let full = std::env::args().any(|a| a == "--bench");
@@ -28,7 +28,7 @@ fn main() {
         temperatures: if full { vec![0.6, 0.8] } else { vec![0.8] },
         top_ks: if full { vec![50, 100] } else { vec![50] },
         seeds: (0..if full { 4 } else { 1 }).collect(),
-        texts: vec![csm_parity::sweep::DEFAULT_TEXT.into()],
+        texts: vec![csm_parity::commands::sweep::DEFAULT_TEXT.into()],
         max_frames: frames,
         speaker: 0,
         dtype: "f32".into(),

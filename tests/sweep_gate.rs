@@ -29,8 +29,8 @@ mod with_backends {
         v["result"].clone()
     }
 
+    use csm_parity::commands::sweep::{self, output, Execution, SweepSpec};
     use csm_parity::model::{fixture, CsmModel, Model};
-    use csm_parity::sweep::{self, output, Execution, SweepSpec};
 
     fn spec(model: &Model) -> SweepSpec {
         SweepSpec {

@@ -1,6 +1,6 @@
 //! `csm-parity gate` (issue 5).
 use super::common::print_json;
-use crate::gate;
+use crate::commands::gate;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ pub fn run(a: GateArgs) -> Result<i32> {
                 anyhow::bail!("--update-baseline cannot be combined with --candidate-cmd");
             }
             let (report, jobs) =
-                crate::gate_outside::run_outside_gate(&a.config, cmd, a.keep_failed.as_deref())?;
+                gate::outside::run_outside_gate(&a.config, cmd, a.keep_failed.as_deref())?;
             for j in &jobs {
                 job_lines.push_str(&j.line());
                 job_lines.push('\n');

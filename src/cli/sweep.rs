@@ -1,7 +1,7 @@
 //! `csm-parity sweep` and `csm-parity sweep merge` (issue 5).
 use super::common::{print_json, ModelArgs};
+use crate::commands::sweep::{self, output, CandidateSource, Execution, Shard, SweepSpec};
 use crate::sampling::{parse_temperature, parse_top_k};
-use crate::sweep::{self, output, CandidateSource, Execution, Shard, SweepSpec};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -121,7 +121,7 @@ fn run_sweep(a: SweepRunArgs) -> Result<i32> {
         (None, None) => None,
     };
     match &candidate {
-        Some(CandidateSource::Command(t)) => crate::gate_outside::check_template(t)?,
+        Some(CandidateSource::Command(t)) => sweep::candidate::check_template(t)?,
         Some(CandidateSource::Runs(d)) if !d.is_dir() => {
             bail!("--candidate-runs {}: not a directory", d.display())
         }

@@ -1,7 +1,7 @@
 //! Sweep outputs: `sweep.json`, `sweep.csv`, `sweep.md`, heatmaps (PNG + SVG), terminal table.
 //! Everything except the `run` section of `sweep.json` is a function of the job results only,
 //! so a merged sweep writes the same files as an unsharded one.
-use super::{CellResult, RunStats, SweepResult};
+use super::aggregate::{CellResult, SweepResult};
 use crate::analysis::stats::Estimate;
 use crate::report::num;
 use crate::report::plots::{colormap, ensure_font};
@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::Serialize;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -20,43 +21,45 @@ pub struct Headline {
     pub higher_is_better: bool,
 }
 
+/// A [`Headline`] of the cell field `$field` (its name is the field's).
+macro_rules! headline {
+    ($field:ident, $higher_is_better:expr, $title:expr) => {
+        Headline {
+            name: stringify!($field),
+            title: $title,
+            get: |c| c.$field.as_ref(),
+            higher_is_better: $higher_is_better,
+        }
+    };
+}
+
 pub const HEADLINES: &[Headline] = &[
-    Headline {
-        name: "token_agreement",
-        title: "Token agreement, shared noise (mean over jobs)",
-        get: |c| c.token_agreement.as_ref(),
-        higher_is_better: true,
-    },
-    Headline {
-        name: "divergence_frame",
-        title: "First divergence frame, shared noise (none = max frames)",
-        get: |c| c.divergence_frame.as_ref(),
-        higher_is_better: true,
-    },
-    Headline {
-        name: "hist_intersection",
-        title: "Token histogram intersection, native noise",
-        get: |c| c.hist_intersection.as_ref(),
-        higher_is_better: true,
-    },
-    Headline {
-        name: "jaccard",
-        title: "Token set Jaccard, native noise",
-        get: |c| c.jaccard.as_ref(),
-        higher_is_better: true,
-    },
-    Headline {
-        name: "kl_hist",
-        title: "KL of token histograms (add-1/2 smoothing), native noise",
-        get: |c| c.kl_hist.as_ref(),
-        higher_is_better: false,
-    },
-    Headline {
-        name: "js_hist",
-        title: "JS divergence of token histograms, native noise",
-        get: |c| c.js_hist.as_ref(),
-        higher_is_better: false,
-    },
+    headline!(
+        token_agreement,
+        true,
+        "Token agreement, shared noise (mean over jobs)"
+    ),
+    headline!(
+        divergence_frame,
+        true,
+        "First divergence frame, shared noise (none = max frames)"
+    ),
+    headline!(
+        hist_intersection,
+        true,
+        "Token histogram intersection, native noise"
+    ),
+    headline!(jaccard, true, "Token set Jaccard, native noise"),
+    headline!(
+        kl_hist,
+        false,
+        "KL of token histograms (add-1/2 smoothing), native noise"
+    ),
+    headline!(
+        js_hist,
+        false,
+        "JS divergence of token histograms, native noise"
+    ),
 ];
 
 /// The fixed colour range of a headline metric.
@@ -95,6 +98,27 @@ fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "–".into())
 }
 
+/// The cells, best first.
+fn ranked(r: &SweepResult) -> impl Iterator<Item = &CellResult> {
+    r.ranking.iter().map(|&i| &r.cells[i])
+}
+
+/// The columns both tables start with: rank, temperature, top-k, jobs, then the estimates of
+/// token agreement, first divergence frame, histogram intersection, noise floor, parity gap.
+fn row(c: &CellResult) -> [String; 9] {
+    [
+        c.rank.to_string(),
+        c.temperature.to_string(),
+        c.top_k.to_string(),
+        c.jobs.to_string(),
+        est(c.token_agreement.as_ref()),
+        est(c.divergence_frame.as_ref()),
+        est(c.hist_intersection.as_ref()),
+        est(c.noise_floor.as_ref()),
+        est(c.gap.as_ref()),
+    ]
+}
+
 /// The ranked markdown table (best first).
 pub fn markdown_table(r: &SweepResult) -> String {
     let mut s = String::new();
@@ -106,22 +130,12 @@ pub fn markdown_table(r: &SweepResult) -> String {
         s,
         "|---:|---:|---:|---:|---|---|---:|---|---|---|---|---|---|---|---:|---:|"
     );
-    for &i in &r.ranking {
-        let c = &r.cells[i];
+    for c in ranked(r) {
+        let [rank, temp, k, jobs, agree, diverge, hist, floor, gap] = row(c);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.rank,
-            c.temperature,
-            c.top_k,
-            c.jobs,
-            est(c.token_agreement.as_ref()),
-            est(c.divergence_frame.as_ref()),
+            "| {rank} | {temp} | {k} | {jobs} | {agree} | {diverge} | {}/{jobs} | {hist} | {floor} | {gap} | {} | {} | {} | {} | {} | {} |",
             c.diverged_jobs,
-            c.jobs,
-            est(c.hist_intersection.as_ref()),
-            est(c.noise_floor.as_ref()),
-            est(c.gap.as_ref()),
             match c.above_noise_floor {
                 Some(true) => "yes",
                 Some(false) => "no",
@@ -196,20 +210,11 @@ pub fn terminal(r: &SweepResult) -> String {
         "parity gap",
         "pooled p"
     );
-    for &i in &r.ranking {
-        let c = &r.cells[i];
+    for c in ranked(r) {
+        let [rank, temp, k, jobs, agree, diverge, hist, floor, gap] = row(c);
         let _ = writeln!(
             s,
-            "{:>4} {:>6} {:>6} {:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9}",
-            c.rank,
-            c.temperature,
-            c.top_k,
-            c.jobs,
-            est(c.token_agreement.as_ref()),
-            est(c.divergence_frame.as_ref()),
-            est(c.hist_intersection.as_ref()),
-            est(c.noise_floor.as_ref()),
-            est(c.gap.as_ref()),
+            "{rank:>4} {temp:>6} {k:>6} {jobs:>5}  {agree:<24} {diverge:<24} {hist:<24} {floor:<24} {gap:<24} {:>9}",
             opt(c.pooled.chi_square_p)
         );
     }
@@ -262,8 +267,9 @@ pub fn csv(r: &SweepResult) -> String {
     s
 }
 
-/// Writes every output into `dir` (each file atomically).
-pub fn write_all(dir: &Path, r: &SweepResult, stats: Option<&RunStats>) -> Result<()> {
+/// Writes every output into `dir` (each file atomically); `stats`, the run's, is the `run`
+/// section of `sweep.json` (null after a merge).
+pub fn write_all<S: Serialize>(dir: &Path, r: &SweepResult, stats: Option<&S>) -> Result<()> {
     let plots = match ensure_font() {
         Ok(()) => {
             for h in HEADLINES {
@@ -317,10 +323,7 @@ fn draw<DB: DrawingBackend>(
     const FONT: &str = "sans-serif";
     root.fill(&WHITE).map_err(err)?;
     let cells = r.spec.cells();
-    let mut temps = r.spec.temperatures.clone();
-    temps.sort_by(f64::total_cmp);
-    let mut ks = r.spec.top_ks.clone();
-    ks.sort_unstable();
+    let (temps, ks) = r.spec.axes();
     let vals: Vec<Option<&Estimate>> = r.cells.iter().map(|c| (h.get)(c)).collect();
     let (lo, hi) = fixed_range(h.name, r.spec.max_frames);
     // t in [0, 1], 1 = better (yellow); the scale is fixed per metric (not min–max), so equal
@@ -440,4 +443,25 @@ fn draw<DB: DrawingBackend>(
         .map_err(err)?;
     let _ = bw;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::aggregate::aggregate;
+    use super::super::aggregate::tests::{results, spec};
+    use super::*;
+
+    /// The outputs show the floor and the gap; heatmap colours use fixed ranges.
+    #[test]
+    fn outputs_show_the_noise_floor_and_fixed_ranges() {
+        let sp = spec(&[0.6, 0.8], &[50, 100], 8);
+        let r = aggregate(&sp, &results(&sp, |_, _| 0)).unwrap();
+        assert!(terminal(&r).contains("noise floor"));
+        assert!(markdown_table(&r).contains("parity gap"));
+        let csv = csv(&r);
+        assert!(csv.lines().next().unwrap().ends_with("above_noise_floor"));
+        assert!(!csv.contains("NaN"));
+        assert_eq!(fixed_range("hist_intersection", 40), (0.0, 1.0));
+        assert_eq!(fixed_range("divergence_frame", 40), (0.0, 40.0));
+    }
 }
