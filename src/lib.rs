@@ -21,6 +21,7 @@ pub mod model;
 pub mod outputs;
 pub mod report;
 pub mod rescore;
+pub mod rng;
 pub mod runner;
 pub mod sampling;
 pub mod selftest;
