@@ -18,6 +18,7 @@ pub mod gate;
 pub mod gate_outside;
 pub mod inspect;
 pub mod model;
+pub mod npy;
 pub mod outputs;
 pub mod report;
 pub mod rescore;

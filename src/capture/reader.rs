@@ -1,5 +1,5 @@
 //! [`Run`]: a validated, complete run directory; small arrays loaded, logits/probs streamed.
-use super::npy::{self, Dtype, NpyHeader};
+use crate::npy::{self, Dtype, NpyHeader};
 use super::{Manifest, Storage, FORMAT_NAME, FORMAT_VERSION};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
