@@ -193,9 +193,11 @@ pub fn bisect_with(
         }
         ModelRef::Llama(m) => Frames::lm(&ids, m.config.vocab_size)?,
     };
-    let c = a.codebooks();
-    let fed: Vec<Vec<i32>> = (0..=frame)
-        .map(|f| a.tokens()[f * c..(f + 1) * c].to_vec())
+    let fed: Vec<Vec<i32>> = a
+        .tokens_view()
+        .outer_iter()
+        .take(frame + 1)
+        .map(|r| r.to_vec())
         .collect();
     let fault = |m: &crate::capture::Manifest| -> Result<Option<Fault>> {
         m.backend
