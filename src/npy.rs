@@ -448,7 +448,7 @@ impl StreamingNpy {
     ) -> Result<()> {
         debug_assert_eq!(self.dtype, dtype);
         let row = self.row_elems();
-        debug_assert!(row > 0 && v.len() % row == 0);
+        debug_assert!(row > 0 && v.len().is_multiple_of(row));
         let mut buf = Vec::with_capacity(v.len() * N);
         for &x in v {
             buf.extend_from_slice(&le(x));
