@@ -9,9 +9,10 @@
 //! `decode` feed it). The transformers `MimiModel` anchor: `benches/mimi_anchor.py`, see
 //! docs/codec.md.
 use csm_parity::backend::{load_codec, BackendKind};
-use csm_parity::model::fixture::{random_mimi_weights, SplitMix64};
+use csm_parity::model::fixture::random_mimi_weights;
 use csm_parity::model::mimi::{weights::validate_mimi, MimiConfig, MimiModel};
 use csm_parity::model::DType;
+use csm_parity::rng::SplitMix64;
 use std::time::Instant;
 
 fn main() {

@@ -1,9 +1,9 @@
 //! Outside ports (issue 15): the shared-noise spec and `noise` command, the manifest schema vs
 //! the Rust parser, the Python capture helper (`python/csm_parity_run.py`) read by `diff`, the
 //! docs example run verbatim, fed tokens, and `rescore` (with both backends).
-use csm_parity::capture::npy;
 use csm_parity::capture::schema::{manifest_schema, parse_manifest};
 use csm_parity::capture::{FrameBuf, Row, Run};
+use csm_parity::npy;
 use csm_parity::sampling::{reference_sample, NoiseMode, SamplerSpec, SharedNoise};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

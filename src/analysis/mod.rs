@@ -517,8 +517,8 @@ fn dists_at(a: &Run, b: &Run, i: usize, c_n: usize) -> Result<Option<(String, Ra
 }
 
 /// Whether any value of `v` is NaN/Inf (summed: vectorizes).
-fn any_nonfinite(v: &[f32]) -> bool {
-    !v.iter().map(|&x| x * 0.0).sum::<f32>().is_finite()
+fn any_nonfinite(v: ndarray::ArrayView1<'_, f32>) -> bool {
+    !v.fold(0.0f32, |s, &x| s + x * 0.0).is_finite()
 }
 
 /// Compares run `b` (candidate) against run `a` (reference).
@@ -706,13 +706,12 @@ pub fn compare(a: &Run, b: &Run, opt: &DiffOptions) -> Result<Diff> {
             let Some(d) = d else { continue };
             for f in comparable_end / c_n..frames {
                 d.read_frame(f, &mut ba)?;
-                for c in 0..c_n {
+                for (c, row) in ba.values_view().outer_iter().enumerate() {
                     let i = f * c_n + c;
                     if i < comparable_end {
                         continue;
                     }
-                    let w = ba.width();
-                    if any_nonfinite(&ba.values()[c * w..(c + 1) * w]) {
+                    if any_nonfinite(row) {
                         if probs {
                             counts.probs_steps += 1;
                         } else {

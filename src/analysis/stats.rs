@@ -1,29 +1,7 @@
 //! Distribution summaries, bootstrap confidence intervals, chi-square homogeneity test.
+use crate::rng::SplitMix64;
 use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
-
-/// Small deterministic PRNG (SplitMix64) for bootstrap resampling.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform integer in `0..n` (n > 0), Lemire's multiply-shift.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-}
 
 /// Percentile with linear interpolation between order statistics (numpy's default);
 /// `sorted` ascending, `q` in [0, 100].

@@ -6,13 +6,13 @@
 //! `.partial` directory before the run is renamed, so a run never looks complete with half its
 //! audio. Reading validates rate, channel count, length against the manifest and finiteness, and
 //! names the file in every error.
-use super::npy::{self, Dtype};
 use super::{Run, RunWriter};
+use crate::npy::{self, Dtype, StreamingNpy};
 use crate::util::temp_sibling;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 /// The decoded waveform, mono.
@@ -92,10 +92,10 @@ fn check_samples(samples: &[f32], what: &Path) -> Result<()> {
 /// removes its temp files.
 pub struct AudioWriter {
     wav: Option<(hound::WavWriter<BufWriter<File>>, PathBuf, PathBuf)>,
-    npy: Option<(BufWriter<File>, PathBuf, PathBuf)>,
+    /// The .npy (written through a temp sibling) and its final path.
+    npy: Option<(StreamingNpy, PathBuf)>,
     samples: usize,
     sample_rate: u32,
-    buf: Vec<u8>,
 }
 
 impl AudioWriter {
@@ -129,7 +129,6 @@ impl AudioWriter {
             npy: None,
             samples: 0,
             sample_rate,
-            buf: Vec::new(),
         };
         if let Some(name) = wav {
             let path = dir.join(name);
@@ -153,12 +152,8 @@ impl AudioWriter {
             }
         }
         let path = dir.join(npy_name);
-        let tmp = temp_sibling(&path);
-        let f = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut bw = BufWriter::with_capacity(1 << 16, f);
-        // Placeholder header, rewritten with the real length by `finish`.
-        bw.write_all(&npy::header_bytes(Dtype::F32, &[0]))?;
-        w.npy = Some((bw, tmp, path));
+        // 1-D [samples]: the length is written into the header by `finish`.
+        w.npy = Some((StreamingNpy::create_atomic(&path, Dtype::F32, &[])?, path));
         Ok(w)
     }
 
@@ -169,7 +164,7 @@ impl AudioWriter {
 
     /// Appends a chunk. Refuses NaN/Inf (naming the sample index in the whole stream).
     pub fn push(&mut self, chunk: &[f32]) -> Result<()> {
-        let (_, _, npy_path) = self.npy.as_ref().expect("audio writer already finished");
+        let (_, npy_path) = self.npy.as_ref().expect("audio writer already finished");
         if let Some((i, x)) = chunk.iter().enumerate().find(|(_, x)| !x.is_finite()) {
             bail!(
                 "{}: sample {} is {x} (audio must be finite; the decoder produced NaN/Inf)",
@@ -183,14 +178,9 @@ impl AudioWriter {
                     .with_context(|| format!("{}: cannot write", tmp.display()))?;
             }
         }
-        let (bw, tmp, _) = self.npy.as_mut().unwrap();
-        self.buf.clear();
-        self.buf.reserve(chunk.len() * 4);
-        for &x in chunk {
-            self.buf.extend_from_slice(&x.to_le_bytes());
-        }
-        bw.write_all(&self.buf)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        let (w, path) = self.npy.as_mut().unwrap();
+        w.push_f32(chunk)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         self.samples += chunk.len();
         Ok(())
     }
@@ -209,20 +199,10 @@ impl AudioWriter {
                 return Err(e.context(format!("{}: cannot finish", path.display())));
             }
         }
-        if let Some((bw, tmp, path)) = self.npy.take() {
-            let n = self.samples;
-            let res = (|| -> Result<()> {
-                let mut f = bw.into_inner().map_err(|e| e.into_error())?;
-                f.seek(SeekFrom::Start(0))?;
-                f.write_all(&npy::header_bytes(Dtype::F32, &[n]))?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                Ok(())
-            })();
-            if let Err(e) = res {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.context(format!("{}: cannot finish", path.display())));
-            }
+        if let Some((w, path)) = self.npy.take() {
+            // Removes its temp file on failure.
+            w.finish()
+                .with_context(|| format!("{}: cannot finish", path.display()))?;
         }
         Ok(self.samples)
     }
@@ -237,9 +217,8 @@ impl Drop for AudioWriter {
         if let Some((_, tmp, _)) = self.wav.take() {
             let _ = std::fs::remove_file(tmp);
         }
-        if let Some((_, tmp, _)) = self.npy.take() {
-            let _ = std::fs::remove_file(tmp);
-        }
+        // An unfinished StreamingNpy removes its temp file when dropped.
+        self.npy.take();
     }
 }
 
@@ -346,7 +325,8 @@ impl RunWriter {
 
 /// Reads a 1-D f32 .npy of `expected` samples (when known) and checks every sample is finite.
 fn read_npy_samples(path: &Path, expected: Option<usize>) -> Result<Vec<f32>> {
-    let h = npy::read_header(path)?;
+    let f = npy::NpyFile::open(path)?;
+    let h = &f.header;
     if h.shape.len() != 1 {
         bail!(
             "{}: shape {:?}, expected a 1-D array [samples] (mono)",
@@ -370,10 +350,8 @@ fn read_npy_samples(path: &Path, expected: Option<usize>) -> Result<Vec<f32>> {
             );
         }
     }
-    let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut out = vec![0f32; h.shape[0]];
-    npy::read_f32_at(&f, &h, 0, &mut out, &mut Vec::new())
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    // 1-D and in standard layout: the raw vector holds the samples in order.
+    let (out, _) = f.read::<f32>()?.into_raw_vec_and_offset();
     check_samples(&out, path)?;
     Ok(out)
 }

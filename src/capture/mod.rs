@@ -3,7 +3,6 @@
 
 pub mod audio;
 pub mod manifest;
-pub mod npy;
 pub mod reader;
 pub mod schema;
 pub mod storage;

@@ -1,7 +1,8 @@
 //! [`Run`]: a validated, complete run directory; small arrays loaded, logits/probs streamed.
-use super::npy::{self, Dtype, NpyHeader};
 use super::{Manifest, Storage, FORMAT_NAME, FORMAT_VERSION};
+use crate::npy::{self, Dtype, NpyHeader};
 use anyhow::{bail, Context, Result};
+use ndarray::{ArrayView1, ArrayView2, Axis};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -41,23 +42,51 @@ pub struct FrameBuf {
     scratch: Vec<u8>,
 }
 
+/// A view of a contiguous row of a standard-layout array as a slice.
+fn slice<T>(row: ArrayView1<'_, T>) -> &'_ [T] {
+    row.to_slice().expect("rows of a FrameBuf are contiguous")
+}
+
 impl FrameBuf {
     /// Codebook `c` of the frame last read into this buffer.
     pub fn row(&self, c: usize) -> Row<'_> {
-        let r = c * self.width..(c + 1) * self.width;
-        if self.top {
-            Row::Top {
-                values: &self.values[r.clone()],
-                indices: &self.indices[r],
-            }
-        } else {
-            Row::Dense(&self.values[r])
+        let values = slice(self.values_view().index_axis_move(Axis(0), c));
+        match self.indices_view() {
+            Some(ix) => Row::Top {
+                values,
+                indices: slice(ix.index_axis_move(Axis(0), c)),
+            },
+            None => Row::Dense(values),
         }
+    }
+
+    /// Every codebook's row of the frame, in codebook order.
+    pub fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
+        (0..self.codebooks()).map(|c| self.row(c))
+    }
+
+    /// Codebooks in the frame last read.
+    pub fn codebooks(&self) -> usize {
+        self.values.len().checked_div(self.width).unwrap_or(0)
     }
 
     /// All codebooks' values of the frame, `[C, width]` row-major.
     pub fn values(&self) -> &[f32] {
         &self.values
+    }
+
+    /// The frame's values as a `[codebooks, width]` view of the buffer (no copy).
+    pub fn values_view(&self) -> ArrayView2<'_, f32> {
+        ArrayView2::from_shape((self.codebooks(), self.width), &self.values)
+            .expect("a FrameBuf holds whole rows")
+    }
+
+    /// For top-N storage, the vocab indices of [`FrameBuf::values_view`], `[codebooks, N]`.
+    pub fn indices_view(&self) -> Option<ArrayView2<'_, i32>> {
+        self.top.then(|| {
+            ArrayView2::from_shape((self.codebooks(), self.width), &self.indices)
+                .expect("a FrameBuf holds whole rows")
+        })
     }
 
     pub fn width(&self) -> usize {
@@ -224,6 +253,11 @@ fn open_dists(
     })
 }
 
+/// `[F·C]` row-major tokens as a `[F, C]` view (`c` > 0; the length was checked on open).
+fn frames_view(tokens: &[i32], c: usize) -> ArrayView2<'_, i32> {
+    ArrayView2::from_shape((tokens.len() / c, c), tokens).expect("whole frames of tokens")
+}
+
 fn read_ints(path: &Path, h: &NpyHeader) -> Result<Vec<i32>> {
     let f = File::open(path)?;
     let mut out = vec![0; h.elements()];
@@ -352,16 +386,13 @@ impl Run {
             ("post_tokens.npy", &post_tokens),
             ("fed_tokens.npy", fed_ref),
         ] {
-            if let Some((i, t)) = toks
-                .iter()
-                .enumerate()
+            if let Some(((frame, cb), t)) = frames_view(toks, c)
+                .indexed_iter()
                 .find(|(_, &t)| t < 0 || t as usize >= v)
             {
                 bail!(
-                    "{}: token {t} at frame {} codebook {} is outside the vocab 0..{v}",
-                    dir.join(name).display(),
-                    i / c,
-                    i % c
+                    "{}: token {t} at frame {frame} codebook {cb} is outside the vocab 0..{v}",
+                    dir.join(name).display()
                 );
             }
         }
@@ -422,7 +453,22 @@ impl Run {
 
     /// Sampled token at frame `f`, codebook `c`.
     pub fn token(&self, f: usize, c: usize) -> i32 {
-        self.tokens[f * self.codebooks() + c]
+        self.tokens_view()[[f, c]]
+    }
+
+    /// [`Run::tokens`] as a `[frames, codebooks]` view.
+    pub fn tokens_view(&self) -> ArrayView2<'_, i32> {
+        frames_view(&self.tokens, self.codebooks())
+    }
+
+    /// [`Run::post_tokens`] as a `[frames, codebooks]` view.
+    pub fn post_tokens_view(&self) -> ArrayView2<'_, i32> {
+        frames_view(&self.post_tokens, self.codebooks())
+    }
+
+    /// [`Run::fed_tokens`] as a `[frames, codebooks]` view.
+    pub fn fed_tokens_view(&self) -> ArrayView2<'_, i32> {
+        frames_view(self.fed_tokens(), self.codebooks())
     }
 
     /// Per-frame wall time, µs.

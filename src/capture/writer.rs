@@ -1,6 +1,6 @@
 //! [`RunWriter`]: streams a run to `<dir>.partial`, renames it to `<dir>` when complete.
-use super::npy::{Dtype, StreamingNpy};
 use super::{FrameRecord, Manifest, Storage, Timings, FORMAT_NAME, FORMAT_VERSION};
+use crate::npy::{Dtype, StreamingNpy};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 

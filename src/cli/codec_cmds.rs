@@ -3,9 +3,9 @@
 use super::common::print_json;
 use crate::backend::codec::{load_codec, Codec};
 use crate::backend::BackendKind;
-use crate::capture::npy::{Dtype, StreamingNpy};
 use crate::model::mimi::{MimiConfig, MimiModel};
 use crate::model::{fixture, DType};
+use crate::npy::{Dtype, StreamingNpy};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -216,27 +216,6 @@ pub fn read_wav(path: &Path, cfg: &MimiConfig, codec_dir: &Path) -> Result<Vec<f
     Ok(samples)
 }
 
-/// Writes an .npy through a temp sibling and a rename.
-fn write_npy_atomic(
-    path: &Path,
-    dtype: Dtype,
-    inner: &[usize],
-    push: impl FnOnce(&mut StreamingNpy) -> Result<()>,
-) -> Result<()> {
-    let tmp = crate::util::temp_sibling(path);
-    let res = (|| -> Result<()> {
-        let mut w = StreamingNpy::create(&tmp, dtype, inner)?;
-        push(&mut w)?;
-        w.finish()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename the temp file", path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
-}
-
 pub fn run_encode(a: EncodeArgs) -> Result<i32> {
     let kind = a.codec.backend.kind()?;
     check_out(&a.out, "--out", a.codec.force)?;
@@ -257,19 +236,17 @@ pub fn run_encode(a: EncodeArgs) -> Result<i32> {
     let frames = enc.codes.len();
     let c = cfg.num_quantizers;
     if let Some(l) = &a.latents {
-        write_npy_atomic(l, Dtype::F32, &[cfg.hidden_size], |w| {
-            for row in enc.latents.chunks(cfg.hidden_size) {
-                w.push_f32(row)?;
-            }
-            Ok(())
-        })?;
-    }
-    write_npy_atomic(&a.out, Dtype::I32, &[c], |w| {
-        for row in &enc.codes {
-            w.push_i32(row)?;
+        let mut w = StreamingNpy::create_atomic(l, Dtype::F32, &[cfg.hidden_size])?;
+        for row in enc.latents.chunks(cfg.hidden_size) {
+            w.push_f32(row)?;
         }
-        Ok(())
-    })?;
+        w.finish()?;
+    }
+    let mut w = StreamingNpy::create_atomic(&a.out, Dtype::I32, &[c])?;
+    for row in &enc.codes {
+        w.push_i32(row)?;
+    }
+    w.finish()?;
     let s = Summary {
         command: "encode",
         input: a.input.display().to_string(),
@@ -301,7 +278,9 @@ fn read_codes(path: &Path, cfg: &MimiConfig, codec_dir: &Path) -> Result<Vec<Vec
     if path.is_dir() || !path.exists() {
         bail!("{}: no such .npy file", path.display());
     }
-    let (shape, values, integer) = crate::commands::conform::read_npy_typed(path)?;
+    let (array, dtype) = crate::npy::read_array::<f64>(path)?;
+    let (shape, integer) = (array.shape().to_vec(), dtype.is_integer());
+    let values: Vec<f64> = array.iter().copied().collect();
     let [f, c] = shape[..] else {
         bail!(
             "{}: shape {shape:?}; expected codes [frames, codebooks] (2 dimensions)",

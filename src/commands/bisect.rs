@@ -164,9 +164,11 @@ pub fn bisect_with(model: &Model, a: &Run, b: &Run, opts: &BisectOptions) -> Res
         .map(|&t| u32::try_from(t).with_context(|| format!("prompt token id {t} out of range")))
         .collect::<Result<_>>()?;
     let prompt = model.prompt_of_ids(&ids)?;
-    let c = a.codebooks();
-    let fed: Vec<Vec<i32>> = (0..=frame)
-        .map(|f| a.tokens()[f * c..(f + 1) * c].to_vec())
+    let fed: Vec<Vec<i32>> = a
+        .tokens_view()
+        .outer_iter()
+        .take(frame + 1)
+        .map(|r| r.to_vec())
         .collect();
     let fault = |m: &crate::capture::Manifest| -> Result<Option<Fault>> {
         m.backend

@@ -12,7 +12,8 @@ use crate::backend::{self, BackendKind, Record};
 use crate::generate::{run_one, Mode, Plan};
 use crate::model::{CsmModel, DType, Frames, Layout, Model};
 use crate::sampling::SamplerSpec;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView1, Ix2, Ix3};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -22,142 +23,18 @@ pub struct Case {
     pub prompt_ids: Vec<u32>,
     /// [F][C]
     pub frames: Vec<Vec<i32>>,
-    /// [F][V]
-    pub c0_logits: Vec<Vec<f32>>,
-    /// [F][(C-1)·V]
-    pub depth_logits: Vec<Vec<f32>>,
+    /// [F, V]
+    pub c0_logits: Array2<f32>,
+    /// [F, C-1, V]
+    pub depth_logits: Array3<f32>,
     pub vocab: usize,
 }
 
-/// Reads a .npy of integers or floats as (shape, f64 values).
-pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    read_npy_typed(path).map(|(shape, values, _)| (shape, values))
-}
-
-/// [`read_npy`], also saying whether the array holds integers. The file's length is checked
-/// against its header before anything is read, so a truncated array is named as such.
-pub fn read_npy_typed(path: &Path) -> Result<(Vec<usize>, Vec<f64>, bool)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("{}: not a .npy file", path.display()))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
-    let dtype = npy.dtype();
-    let descr = match &dtype {
-        npyz::DType::Plain(t) => t.to_string(),
-        other => bail!("{}: unsupported dtype {other:?}", path.display()),
-    };
-    let item = match &descr[1..] {
-        "f4" | "i4" | "u4" => 4,
-        "f8" | "i8" => 8,
-        other => bail!(
-            "{}: dtype {other} not supported (expected f4, f8, i4, i8 or u4)",
-            path.display()
-        ),
-    };
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .with_context(|| format!("{}: shape {shape:?} is too large", path.display()))?;
-    let header = npy_header_len(&bytes)
-        .with_context(|| format!("{}: not a .npy file (bad header)", path.display()))?;
-    let need = count
-        .checked_mul(item)
-        .and_then(|n| n.checked_add(header))
-        .with_context(|| format!("{}: shape {shape:?} is too large", path.display()))?;
-    if bytes.len() < need {
-        bail!(
-            "{}: truncated: the header says shape {shape:?} of {descr} ({need} bytes with the header), the file has {} bytes",
-            path.display(),
-            bytes.len()
-        );
-    }
-    let npy = npyz::NpyFile::new(&bytes[..])?;
-    let fortran = npy.order() == npyz::Order::Fortran;
-    let ctx = || format!("{}: cannot read the array", path.display());
-    let (values, integer): (Vec<f64>, bool) = match &descr[1..] {
-        "f4" => (
-            npy.into_vec::<f32>()
-                .with_context(ctx)?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
-            false,
-        ),
-        "f8" => (npy.into_vec::<f64>().with_context(ctx)?, false),
-        "i4" => (
-            npy.into_vec::<i32>()
-                .with_context(ctx)?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
-            true,
-        ),
-        "i8" => (
-            npy.into_vec::<i64>()
-                .with_context(ctx)?
-                .into_iter()
-                .map(|v| v as f64)
-                .collect(),
-            true,
-        ),
-        _ => (
-            npy.into_vec::<u32>()
-                .with_context(ctx)?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
-            true,
-        ),
-    };
-    // `fortran_order: True` (numpy writes a transposed array so): the values come in
-    // column-major order; every reader here indexes row-major.
-    let values = if fortran {
-        fortran_to_c(&shape, values)
-    } else {
-        values
-    };
-    Ok((shape, values, integer))
-}
-
-/// Reorders the values of an array of `shape` stored in Fortran (column-major) order into C
-/// (row-major) order.
-pub fn fortran_to_c<T: Copy + Default>(shape: &[usize], values: Vec<T>) -> Vec<T> {
-    if shape.len() < 2 || values.is_empty() {
-        return values;
-    }
-    let mut strides = vec![1usize; shape.len()];
-    for d in (0..shape.len() - 1).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    let mut out = vec![T::default(); values.len()];
-    let mut idx = vec![0usize; shape.len()];
-    for v in values {
-        let at: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
-        out[at] = v;
-        // Fortran order: the first index varies fastest.
-        for d in 0..shape.len() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    out
-}
-
-/// Length of a .npy header (magic, version, header length field, header).
-pub fn npy_header_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return None;
-    }
-    match bytes[6] {
-        1 => Some(10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
-        2 | 3 if bytes.len() >= 12 => {
-            Some(12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize)
-        }
-        _ => None,
-    }
+/// Reads a whole .npy of integers or floats as f64 in C order (whatever the file's order),
+/// saying whether it holds integers. Every error names the file.
+fn read_case_array(path: &Path) -> Result<(ArrayD<f64>, bool)> {
+    let (a, dtype) = crate::npy::read_array::<f64>(path)?;
+    Ok((a, dtype.is_integer()))
 }
 
 impl Case {
@@ -172,10 +49,11 @@ impl Case {
             );
         }
         let file = |n: &str| dir.join(n);
-        let (ps, prompt, p_int) = read_npy_typed(&file("prompt_ids.npy"))?;
-        let (fs, frames, f_int) = read_npy_typed(&file("frames.npy"))?;
-        let (cs, c0, _) = read_npy_typed(&file("c0_logits.npy"))?;
-        let (ds, depth, _) = read_npy_typed(&file("depth_logits.npy"))?;
+        let (prompt, p_int) = read_case_array(&file("prompt_ids.npy"))?;
+        let (frames, f_int) = read_case_array(&file("frames.npy"))?;
+        let (c0, _) = read_case_array(&file("c0_logits.npy"))?;
+        let (depth, _) = read_case_array(&file("depth_logits.npy"))?;
+        let (ps, fs, cs, ds) = (prompt.shape(), frames.shape(), c0.shape(), depth.shape());
         let name = |n: &str| file(n).display().to_string();
         if ps.len() != 1 || ps[0] == 0 {
             bail!(
@@ -189,7 +67,7 @@ impl Case {
                 name("prompt_ids.npy")
             );
         }
-        let [f, c] = fs[..] else {
+        let [f, c] = *fs else {
             bail!("{}: expected shape [F, C], got {fs:?}", name("frames.npy"));
         };
         if f == 0 || c < 2 {
@@ -204,7 +82,7 @@ impl Case {
                 name("frames.npy")
             );
         }
-        let [cf, v] = cs[..] else {
+        let [cf, v] = *cs else {
             bail!(
                 "{}: expected shape [F, V] = [{f}, V], got {cs:?}",
                 name("c0_logits.npy")
@@ -225,11 +103,10 @@ impl Case {
             );
         }
         for (n, x) in [("c0_logits.npy", &c0), ("depth_logits.npy", &depth)] {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            if let Some((i, bad)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                 bail!(
-                    "{}: reference value {i} (flat index) is {}; a reference must be finite",
-                    name(n),
-                    x[i]
+                    "{}: reference value {i} (flat index) is {bad}; a reference must be finite",
+                    name(n)
                 );
             }
         }
@@ -238,18 +115,28 @@ impl Case {
                 bail!("{}: token id {bad} is out of range", name(n));
             }
         }
-        let to32 = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
         Ok(Case {
             dir: dir.to_path_buf(),
             prompt_ids: prompt.iter().map(|&x| x as u32).collect(),
             frames: frames
-                .chunks(c)
+                .into_dimensionality::<Ix2>()?
+                .outer_iter()
                 .map(|r| r.iter().map(|&x| x as i32).collect())
                 .collect(),
-            c0_logits: c0.chunks(v).map(to32).collect(),
-            depth_logits: depth.chunks((c - 1) * v).map(to32).collect(),
+            c0_logits: c0.mapv(|x| x as f32).into_dimensionality::<Ix2>()?,
+            depth_logits: depth.mapv(|x| x as f32).into_dimensionality::<Ix3>()?,
             vocab: v,
         })
+    }
+
+    /// The reference logits of codebook `cb` at frame `f` ([V]): codebook 0 from
+    /// `c0_logits.npy`, the others from `depth_logits.npy`.
+    pub fn reference_logits(&self, f: usize, cb: usize) -> ArrayView1<'_, f32> {
+        if cb == 0 {
+            self.c0_logits.row(f)
+        } else {
+            self.depth_logits.slice(s![f, cb - 1, ..])
+        }
     }
 
     /// Checks the case against `cfg` (codebooks, audio vocab, token ranges), naming the file
@@ -377,11 +264,8 @@ pub fn conform_one(
         let logits = out.logits.as_ref().unwrap();
         for cb in 0..c {
             let ours = &logits[cb * v..(cb + 1) * v];
-            let theirs = if cb == 0 {
-                &case.c0_logits[f][..]
-            } else {
-                &case.depth_logits[f][(cb - 1) * v..cb * v]
-            };
+            let theirs = case.reference_logits(f, cb);
+            let theirs = theirs.as_slice().expect("a row of a standard-layout array");
             let d = crate::generate::max_abs_diff(ours, theirs);
             if cb == 0 {
                 max_c0 = max_c0.max(d)
@@ -524,93 +408,5 @@ impl ConformReport {
             );
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod npy_order_tests {
-    use super::*;
-
-    /// A version-1 .npy with the header dict `dict` and little-endian i32 `data`.
-    fn npy_bytes(dict: &str, data: &[i32]) -> Vec<u8> {
-        let mut h = dict.to_string();
-        while !(10 + h.len() + 1).is_multiple_of(64) {
-            h.push(' ');
-        }
-        h.push('\n');
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        b.extend_from_slice(h.as_bytes());
-        for v in data {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b
-    }
-
-    #[test]
-    fn fortran_order_arrays_are_read_in_c_order() {
-        let dir = tempfile::tempdir().unwrap();
-        // a = [[0, 1, 2], [3, 4, 5]] stored column by column (numpy's `a.T.copy().T`).
-        let f2 = dir.path().join("f2.npy");
-        std::fs::write(
-            &f2,
-            npy_bytes(
-                "{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3), }",
-                &[0, 3, 1, 4, 2, 5],
-            ),
-        )
-        .unwrap();
-        let (shape, v) = read_npy(&f2).unwrap();
-        assert_eq!(shape, vec![2, 3]);
-        assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-        // The same array in C order reads the same.
-        let c2 = dir.path().join("c2.npy");
-        std::fs::write(
-            &c2,
-            npy_bytes(
-                "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }",
-                &[0, 1, 2, 3, 4, 5],
-            ),
-        )
-        .unwrap();
-        assert_eq!(read_npy(&c2).unwrap(), (shape, v));
-        // Three dimensions: b[i, j, k] = 100 i + 10 j + k, shape (2, 3, 2), column-major.
-        let mut data = vec![];
-        for k in 0..2 {
-            for j in 0..3 {
-                for i in 0..2 {
-                    data.push(100 * i + 10 * j + k);
-                }
-            }
-        }
-        let f3 = dir.path().join("f3.npy");
-        std::fs::write(
-            &f3,
-            npy_bytes(
-                "{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3, 2), }",
-                &data,
-            ),
-        )
-        .unwrap();
-        let (shape, v) = read_npy(&f3).unwrap();
-        assert_eq!(shape, vec![2, 3, 2]);
-        let want: Vec<f64> = (0..2)
-            .flat_map(|i| {
-                (0..3).flat_map(move |j| (0..2).map(move |k| (100 * i + 10 * j + k) as f64))
-            })
-            .collect();
-        assert_eq!(v, want);
-    }
-
-    #[test]
-    fn the_mimi_case_codes_read_as_numpy_sees_them() {
-        // codes.npy of the shared Mimi case is stored fortran_order; its rows are frames.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/conformance/mimi-tiny-transformers");
-        let (shape, v) = read_npy(&dir.join("codes.npy")).unwrap();
-        assert_eq!(shape, vec![20, 8]);
-        // numpy: list(np.load("codes.npy")[0])
-        let first_row = [1880.0, 1906.0, 1561.0, 1012.0, 1006.0, 1280.0, 8.0, 1239.0];
-        assert_eq!(&v[..8], &first_row[..]);
     }
 }

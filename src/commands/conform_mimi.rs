@@ -11,10 +11,10 @@
 //! Checks per backend: decoded audio within `AUDIO_ATOL` of `audio.npy`, latents within
 //! `LATENTS_RTOL × max|latents.npy|`, codes equal to `wave_codes.npy`. A NaN never passes.
 use crate::backend::{load_codec, BackendKind, Codec};
-use crate::commands::conform::read_npy;
 use crate::model::mimi::MimiModel;
 use crate::model::DType;
 use anyhow::{bail, Result};
+use ndarray::ArrayD;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -45,8 +45,14 @@ pub struct MimiCase {
     pub wave_codes: Vec<Vec<i32>>,
 }
 
-fn int_rows(path: &Path, shape: &[usize], values: &[f64]) -> Result<Vec<Vec<i32>>> {
-    let [_, c] = shape[..] else {
+/// A whole .npy of the case as f64, in C order.
+fn read(path: &Path) -> Result<ArrayD<f64>> {
+    Ok(crate::npy::read_array::<f64>(path)?.0)
+}
+
+fn int_rows(path: &Path, values: &ArrayD<f64>) -> Result<Vec<Vec<i32>>> {
+    let shape = values.shape();
+    let [_, c] = *shape else {
         bail!("{}: expected shape [F, C], got {shape:?}", path.display());
     };
     if c == 0 {
@@ -56,12 +62,13 @@ fn int_rows(path: &Path, shape: &[usize], values: &[f64]) -> Result<Vec<Vec<i32>
         bail!("{}: expected integer codes, found {v}", path.display());
     }
     Ok(values
-        .chunks(c)
+        .rows()
+        .into_iter()
         .map(|r| r.iter().map(|&x| x as i32).collect())
         .collect())
 }
 
-fn floats(path: &Path, values: &[f64]) -> Result<Vec<f32>> {
+fn floats(path: &Path, values: &ArrayD<f64>) -> Result<Vec<f32>> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         bail!("{}: value {i} is not finite", path.display());
     }
@@ -73,13 +80,16 @@ impl MimiCase {
     pub fn load(dir: &Path, model: &MimiModel) -> Result<Self> {
         let cfg = &model.config;
         let file = |n: &str| dir.join(n);
-        let (cs, codes) = read_npy(&file("codes.npy"))?;
-        let codes = int_rows(&file("codes.npy"), &cs, &codes)?;
-        let (as_, audio) = read_npy(&file("audio.npy"))?;
-        let (ws, wave) = read_npy(&file("wave.npy"))?;
-        let (ls, latents) = read_npy(&file("latents.npy"))?;
-        let (wcs, wave_codes) = read_npy(&file("wave_codes.npy"))?;
-        let wave_codes = int_rows(&file("wave_codes.npy"), &wcs, &wave_codes)?;
+        let codes = read(&file("codes.npy"))?;
+        let cs = codes.shape().to_vec();
+        let codes = int_rows(&file("codes.npy"), &codes)?;
+        let audio = read(&file("audio.npy"))?;
+        let wave = read(&file("wave.npy"))?;
+        let latents = read(&file("latents.npy"))?;
+        let (as_, ws, ls) = (audio.shape(), wave.shape(), latents.shape());
+        let wave_codes = read(&file("wave_codes.npy"))?;
+        let wcs = wave_codes.shape().to_vec();
+        let wave_codes = int_rows(&file("wave_codes.npy"), &wave_codes)?;
         let spf = cfg.samples_per_frame();
         if cs[1] > cfg.num_quantizers || cs[1] < cfg.num_semantic_quantizers {
             bail!(

@@ -5,6 +5,7 @@ use super::checkpoint::write_safetensors;
 use super::csm::{expected_tensors, CsmConfig};
 use super::mimi::MimiConfig;
 use super::tensor::{DType, HostTensor};
+use crate::rng::SplitMix64;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,29 +17,6 @@ pub const HEAD_LOGIT_STD: f32 = 3.0;
 pub const HEAD_TOKEN_TAIL: f64 = 0.4;
 /// One token in this many is a twin (identical head weights) of its predecessor.
 pub const TWIN_EVERY: usize = 16;
-
-/// splitmix64: a tiny counter-style generator, enough for deterministic fixtures.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
 
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -127,10 +127,8 @@ pub struct SharedNoise;
 
 impl SharedNoise {
     /// SplitMix64's finalizer (docs/shared-noise.md: `mix`).
-    pub fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    pub fn mix(z: u64) -> u64 {
+        crate::rng::mix(z)
     }
 
     /// A 63-bit seed for step `step` of a run seeded with `seed` (native-noise reseeding).

@@ -1,7 +1,7 @@
 //! `csm-parity noise`: the shared-noise uniforms of a run as one `.npy` file `[F, C, V]` f32,
 //! so a pipeline outside the harness can draw exactly the same noise (docs/shared-noise.md).
 use super::SharedNoise;
-use crate::capture::npy::{self, Dtype, StreamingNpy};
+use crate::npy::{self, Dtype, StreamingNpy};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -110,21 +110,14 @@ pub fn write_noise(path: &Path, spec: &NoiseSpec, force: bool) -> Result<()> {
             );
         }
     }
-    let tmp = crate::util::temp_sibling(path);
-    let res = (|| -> Result<()> {
-        let mut w = StreamingNpy::create(&tmp, Dtype::F32, &[spec.codebooks, spec.vocab])?;
-        for f in 0..spec.frames {
-            let row = SharedNoise::frame_uniforms(spec.seed, f as u64, spec.codebooks, spec.vocab);
-            w.push_f32(&row)?;
-        }
-        w.finish()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("--out {}: cannot rename the temp file", path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    // Dropped on an error, the writer removes its temp file.
+    let mut w = StreamingNpy::create_atomic(path, Dtype::F32, &[spec.codebooks, spec.vocab])?;
+    for f in 0..spec.frames {
+        let row = SharedNoise::frame_uniforms(spec.seed, f as u64, spec.codebooks, spec.vocab);
+        w.push_f32(&row)?;
     }
-    res
+    w.finish()
+        .with_context(|| format!("--out {}", path.display()))
 }
 
 #[cfg(test)]

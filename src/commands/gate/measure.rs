@@ -158,7 +158,7 @@ pub fn perturb(model: &mut CsmModel, name: &str, eps: f64, seed: u64) -> Result<
     })?;
     let mut v = t.to_f32();
     let rms = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
-    let mut rng = fixture::SplitMix64(seed ^ 0x9E27_u64);
+    let mut rng = crate::rng::SplitMix64(seed ^ 0x9E27_u64);
     for x in v.iter_mut() {
         *x += (eps * rms * rng.normal()) as f32;
     }

@@ -444,7 +444,7 @@ pub(super) mod tests {
 
     /// A histogram of 200 draws from token ids `lo..lo+width` (uniform, keyed by `key`).
     fn hist(key: u64, lo: i32, width: u64) -> Vec<(i32, u64)> {
-        let mut rng = crate::analysis::stats::SplitMix64::new(key);
+        let mut rng = crate::rng::SplitMix64::new(key);
         let mut h: BTreeMap<i32, u64> = BTreeMap::new();
         for _ in 0..200 {
             *h.entry(lo + (rng.next_u64() % width) as i32).or_default() += 1;
