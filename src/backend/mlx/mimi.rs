@@ -4,12 +4,13 @@
 //! sliding-window mask; one lazy graph per call, evaluated once.
 use super::stack::{mlx_dtype, to_array};
 use crate::backend::codec::{
-    check_codes, check_stream, check_wave, Codec, CodecFault, Decoded, Encoded,
+    check_codes, check_stream_codes, check_wave, Codec, CodecFault, Decoded, Encoded,
 };
+use crate::backend::common::{encoded_from_host, mimi_downsample, DecodeStream, TransposeGeometry};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
-    conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
-    ConvSpec, MimiConfig, MimiModel, PadMode, SeanetLayer,
+    conv_padding, decoder_layers, encoder_layers, weights::quantizer_groups, ConvSpec, MimiConfig,
+    MimiModel, PadMode, SeanetLayer,
 };
 use crate::model::DType;
 use anyhow::{bail, Result};
@@ -140,10 +141,7 @@ struct ConvTranspose {
     w_src: Array,
     w: Array,
     b: Option<Array>,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    trim_right_ratio: f64,
+    geo: TransposeGeometry,
 }
 
 impl ConvTranspose {
@@ -157,30 +155,31 @@ impl ConvTranspose {
     ) -> Result<Self> {
         let get = |leaf: &str| to_array(m.weights.get(&format!("{name}.conv.{leaf}")), dt);
         let w_src = get("weight")?;
+        let geo = TransposeGeometry::new(&m.config, w_src.dim(2) as usize, stride, groups);
         Ok(ConvTranspose {
-            kernel: w_src.dim(2) as usize,
             w: transposed_weight(&w_src, groups as i32, false)?,
             w_src,
             b: if bias { Some(get("bias")?) } else { None },
-            stride,
-            groups,
-            trim_right_ratio: m.config.trim_right_ratio,
+            geo,
         })
     }
 
     /// x: [1, L, in] → [1, L · stride, out].
     fn forward(&self, x: &Array, f: Faults) -> Result<Array> {
-        let y = conv_transpose1d(x, &self.w, self.stride as i32, 0, 1, 0, self.groups as i32)?;
+        let y = conv_transpose1d(
+            x,
+            &self.w,
+            self.geo.stride as i32,
+            0,
+            1,
+            0,
+            self.geo.groups as i32,
+        )?;
         let y = match &self.b {
             Some(b) => y.add(b)?,
             None => y,
         };
-        let (left, right) = transpose_trim(
-            self.kernel,
-            self.stride,
-            self.trim_right_ratio,
-            !f.non_causal,
-        );
+        let (left, right) = self.geo.trim(!f.non_causal);
         let len = y.dim(1);
         let keep = Array::arange::<i32, i32>(left as i32, len - right as i32, None)?;
         Ok(take_axis(&y, &keep, 1)?)
@@ -190,8 +189,16 @@ impl ConvTranspose {
     /// miss the next input's contribution: they are kept in `state` (without the bias) and
     /// added to the next chunk's first outputs.
     fn step(&self, x: &Array, state: &mut Option<Array>) -> Result<Array> {
-        let y = conv_transpose1d(x, &self.w, self.stride as i32, 0, 1, 0, self.groups as i32)?;
-        let ov = (self.kernel - self.stride) as i32;
+        let y = conv_transpose1d(
+            x,
+            &self.w,
+            self.geo.stride as i32,
+            0,
+            1,
+            0,
+            self.geo.groups as i32,
+        )?;
+        let ov = (self.geo.kernel - self.geo.stride) as i32;
         let len = y.dim(1);
         let emit = len - ov;
         let y = match state.take() {
@@ -266,20 +273,6 @@ impl Seanet {
             };
         }
         Ok(h)
-    }
-
-    /// How many streaming states [`Seanet::step`] keeps (one per conv).
-    fn state_slots(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                if matches!(l, Layer::Residual(..)) {
-                    2
-                } else {
-                    1
-                }
-            })
-            .sum()
     }
 
     /// Streaming [`Seanet::forward`]: `states` holds one slot per conv, in order.
@@ -579,25 +572,10 @@ pub struct MlxMimi {
     dtype: DType,
     faults: Faults,
     fault: Option<CodecFault>,
-    stream: Option<MlxStream>,
+    stream: Option<DecodeStream<Array>>,
 }
 
-/// The state of a streamed decode ([`Codec::decode_stream`]): what each causal layer keeps
-/// from the frames already decoded. Its size does not grow with the stream.
-struct MlxStream {
-    /// Codebooks per frame (fixed for the stream).
-    codebooks: usize,
-    /// The upsample's pending outputs.
-    upsample: Option<Array>,
-    /// Per decoder-transformer layer: the last `window − 1` keys and values.
-    kv: Vec<(Array, Array)>,
-    /// Position of the next transformer step.
-    position: i32,
-    /// One slot per SEANet decoder conv.
-    decoder: Vec<Option<Array>>,
-}
-
-impl MlxStream {
+impl DecodeStream<Array> {
     /// Evaluates every kept array, so the next chunk's graph starts from values.
     fn eval(&self) -> Result<()> {
         let mut all: Vec<&Array> = self.upsample.iter().collect();
@@ -615,15 +593,7 @@ impl MlxMimi {
     pub fn load(m: &MimiModel, dtype: DType) -> Result<Self> {
         let dt = mlx_dtype(dtype);
         let cfg = m.config.clone();
-        let k = cfg.resample_kernel();
-        let down = ConvSpec {
-            name: "downsample".into(),
-            in_ch: cfg.hidden_size,
-            out_ch: cfg.hidden_size,
-            kernel: k,
-            stride: 2,
-            dilation: 1,
-        };
+        let down = mimi_downsample(&cfg);
         let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
         Ok(MlxMimi {
             encoder: Seanet::load(m, &encoder_layers(&cfg), dt)?,
@@ -706,29 +676,24 @@ impl Codec for MlxMimi {
         if self.faults.non_causal {
             bail!("codec streaming: the non-causal-padding fault cannot stream (it needs later frames); decode the whole sequence");
         }
-        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        let stream = self.stream.as_ref().map(|s| s.codebooks);
+        let (f, c, flat, invalid_codes) = check_stream_codes(&self.cfg, codes, stream)?;
         if f == 0 {
-            return Ok(Decoded {
-                audio: vec![],
-                invalid_codes,
-            });
+            return Ok(Decoded::nothing(invalid_codes));
         }
-        check_stream(&self.cfg, self.stream.as_ref().map(|s| s.codebooks), c)?;
         let z = self.dequantize(f, c, &flat)?;
-        let slots = self.decoder.state_slots();
-        let st = self.stream.get_or_insert_with(|| MlxStream {
-            codebooks: c,
-            upsample: None,
-            kv: Vec::new(),
-            position: 0,
-            decoder: (0..slots).map(|_| None).collect(),
-        });
+        let st = self
+            .stream
+            .get_or_insert_with(|| DecodeStream::new(c, &self.cfg));
         let x = self.upsample.step(&z, &mut st.upsample)?; // [1, 2F, D]
         let n = x.dim(1);
-        let x = self
-            .decoder_transformer
-            .attend(&x, st.position, Some(&mut st.kv), self.faults)?;
-        st.position += n;
+        let x = self.decoder_transformer.attend(
+            &x,
+            st.position as i32,
+            Some(&mut st.kv),
+            self.faults,
+        )?;
+        st.position += n as usize;
         let audio = self
             .decoder
             .step(&x, &mut st.decoder)?
@@ -767,14 +732,8 @@ impl Codec for MlxMimi {
         )?;
         flat.eval()?;
         let flat: &[f32] = flat.as_slice();
-        let (lat, codes) = flat.split_at((f * d) as usize);
-        Ok(Encoded {
-            latents: lat.to_vec(),
-            codes: codes
-                .chunks(self.cfg.num_quantizers)
-                .map(|r| r.iter().map(|&x| x as i32).collect())
-                .collect(),
-        })
+        let latents = (f * d) as usize;
+        Ok(encoded_from_host(flat, latents, self.cfg.num_quantizers))
     }
 
     fn inject(&mut self, fault: CodecFault) -> Result<()> {
@@ -785,7 +744,7 @@ impl Codec for MlxMimi {
             CodecFault::TransposedConvAxes => {
                 for layer in &mut self.decoder.layers {
                     if let Layer::ConvTranspose(ct) = layer {
-                        ct.w = transposed_weight(&ct.w_src, ct.groups as i32, true)?;
+                        ct.w = transposed_weight(&ct.w_src, ct.geo.groups as i32, true)?;
                     }
                 }
             }
