@@ -290,7 +290,6 @@ pub(crate) fn llama_weight<T>(
 /// steps ([`sample`] composes them in the one order both share), on rows of f32 logits [V].
 pub(crate) trait SamplerSteps {
     type T;
-    fn vocab(&self) -> usize;
     /// Greedy: the argmax token, with probability 1: (token [1], probs [V]).
     fn greedy(&self, logits: &Self::T) -> Result<(Self::T, Self::T)>;
     fn temperature(&self, logits: &Self::T, t: f32) -> Result<Self::T>;
@@ -312,6 +311,9 @@ pub(crate) trait SamplerSteps {
     fn upload(&self, row: &[f32]) -> Result<Self::T>;
     /// (token [1], probs [V]) copied to the host.
     fn download(&self, token: Self::T, probs: Self::T) -> Result<(i32, Vec<f32>)>;
+    fn vocab(&self) -> usize;
+    /// Restarts the native noise from `seed`.
+    fn reseed(&mut self, seed: u64) -> Result<()>;
 }
 
 /// The sampler on one row of f32 logits [V]: (token [1], probs [V]).
@@ -466,5 +468,47 @@ impl TransposeGeometry {
     /// `causal`, half and half otherwise.
     pub(crate) fn trim(&self, causal: bool) -> (usize, usize) {
         transpose_trim(self.kernel, self.stride, self.trim_right_ratio, causal)
+    }
+}
+
+/// The weights of one layer of Mimi's transformers, by role. Each backend holds them as its
+/// matmuls take them (MLX: the projections transposed).
+pub(crate) struct MimiLayer<T> {
+    pub(crate) norm1: (T, T),
+    pub(crate) norm2: (T, T),
+    pub(crate) q: T,
+    pub(crate) k: T,
+    pub(crate) v: T,
+    pub(crate) o: T,
+    pub(crate) fc1: T,
+    pub(crate) fc2: T,
+    pub(crate) attn_scale: T,
+    pub(crate) mlp_scale: T,
+}
+
+impl<T> MimiLayer<T> {
+    /// Loads layer `i` by its transformers leaf names (`self_attn.q_proj.weight`, …): `matrix`
+    /// gets a projection, `vector` a LayerNorm weight or bias or a layer scale.
+    pub(crate) fn load(
+        i: usize,
+        matrix: &dyn Fn(usize, &str) -> Result<T>,
+        vector: &dyn Fn(usize, &str) -> Result<T>,
+    ) -> Result<Self> {
+        let norm = |name: &str| -> Result<(T, T)> {
+            let weight = vector(i, &format!("{name}.weight"))?;
+            Ok((weight, vector(i, &format!("{name}.bias"))?))
+        };
+        Ok(MimiLayer {
+            norm1: norm("input_layernorm")?,
+            norm2: norm("post_attention_layernorm")?,
+            q: matrix(i, "self_attn.q_proj.weight")?,
+            k: matrix(i, "self_attn.k_proj.weight")?,
+            v: matrix(i, "self_attn.v_proj.weight")?,
+            o: matrix(i, "self_attn.o_proj.weight")?,
+            fc1: matrix(i, "mlp.fc1.weight")?,
+            fc2: matrix(i, "mlp.fc2.weight")?,
+            attn_scale: vector(i, "self_attn_layer_scale.scale")?,
+            mlp_scale: vector(i, "mlp_layer_scale.scale")?,
+        })
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 pub use codec::{Codec, CodecFault, Decoded, Encoded};
 
 pub mod codec;
+#[cfg(any(feature = "mlx", feature = "torch"))]
 pub(crate) mod common;
 #[cfg(feature = "mlx")]
 pub mod mlx;

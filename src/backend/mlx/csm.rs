@@ -6,7 +6,7 @@ use super::sampler::Sampler;
 use super::stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 use super::{faults, frame_output};
 use crate::backend::common::{
-    backend_glue, csm_embedding_ids, depth_ids, recompute_input, sample, FrameRows,
+    backend_glue, csm_embedding_ids, depth_ids, recompute_input, sample, FrameRows, SamplerSteps,
 };
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;

@@ -8,7 +8,7 @@ use super::sampler::Sampler;
 use super::stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
 use super::{faults, frame_output};
 use crate::backend::common::{
-    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows,
+    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows, SamplerSteps,
 };
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
@@ -44,7 +44,7 @@ impl MlxLlama {
             merged.eval()?;
             Ok(merged)
         };
-        let get = |leaf: &str| llama_weight(model, leaf, &upload, &fuse);
+        let get = |leaf: &str| llama_weight(model, leaf, upload, fuse);
         let stack = Stack::load(&get, &model.config.flavor, false)?;
         let head_t = to_array(model.get(model.lm_head_name())?, dt)?.t();
         head_t.eval()?;

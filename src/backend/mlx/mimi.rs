@@ -6,7 +6,9 @@ use super::stack::{mlx_dtype, to_array};
 use crate::backend::codec::{
     check_codes, check_stream_codes, check_wave, Codec, CodecFault, Decoded, Encoded,
 };
-use crate::backend::common::{encoded_from_host, mimi_downsample, DecodeStream, TransposeGeometry};
+use crate::backend::common::{
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
+};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
     conv_padding, decoder_layers, encoder_layers, weights::quantizer_groups, ConvSpec, MimiConfig,
@@ -296,23 +298,10 @@ impl Seanet {
     }
 }
 
-struct TLayer {
-    norm1: (Array, Array),
-    norm2: (Array, Array),
-    q_t: Array,
-    k_t: Array,
-    v_t: Array,
-    o_t: Array,
-    fc1_t: Array,
-    fc2_t: Array,
-    attn_scale: Array,
-    mlp_scale: Array,
-}
-
 /// Mimi's transformer: pre-LayerNorm, causal attention in a sliding window with split-half
 /// RoPE, exact GELU MLP, layer scale on both residual branches, no final norm.
 struct Transformer {
-    layers: Vec<TLayer>,
+    layers: Vec<MimiLayer<Array>>,
     heads: i32,
     kv_heads: i32,
     head_dim: i32,
@@ -333,26 +322,7 @@ impl Transformer {
             Ok(a)
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                Ok(TLayer {
-                    norm1: (
-                        get(i, "input_layernorm.weight")?,
-                        get(i, "input_layernorm.bias")?,
-                    ),
-                    norm2: (
-                        get(i, "post_attention_layernorm.weight")?,
-                        get(i, "post_attention_layernorm.bias")?,
-                    ),
-                    q_t: get_t(i, "self_attn.q_proj.weight")?,
-                    k_t: get_t(i, "self_attn.k_proj.weight")?,
-                    v_t: get_t(i, "self_attn.v_proj.weight")?,
-                    o_t: get_t(i, "self_attn.o_proj.weight")?,
-                    fc1_t: get_t(i, "mlp.fc1.weight")?,
-                    fc2_t: get_t(i, "mlp.fc2.weight")?,
-                    attn_scale: get(i, "self_attn_layer_scale.scale")?,
-                    mlp_scale: get(i, "mlp_layer_scale.scale")?,
-                })
-            })
+            .map(|i| MimiLayer::load(i, &get_t, &get))
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             layers,
@@ -428,9 +398,9 @@ impl Transformer {
                     .reshape(&[1, l, n, hd])?
                     .transpose_axes(&[0, 2, 1, 3])?)
             };
-            let q = self.rope(&split(&layer.q_t, nh)?, start)?;
-            let mut k = self.rope(&split(&layer.k_t, nkv)?, start)?;
-            let mut v = split(&layer.v_t, nkv)?;
+            let q = self.rope(&split(&layer.q, nh)?, start)?;
+            let mut k = self.rope(&split(&layer.k, nkv)?, start)?;
+            let mut v = split(&layer.v, nkv)?;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((ck, cv)) = cache.get(i) {
                     k = concatenate(&[ck.clone(), k], 2)?;
@@ -455,16 +425,16 @@ impl Transformer {
             )?
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[1, l, nh * hd])?
-            .matmul(&layer.o_t)?;
+            .matmul(&layer.o)?;
             h = h.add(attn.multiply(&layer.attn_scale)?)?;
             let xn = fast::layer_norm(&h, &layer.norm2.0, &layer.norm2.1, self.eps)?;
-            let a = xn.matmul(&layer.fc1_t)?;
+            let a = xn.matmul(&layer.fc1)?;
             let a = if f.tanh_gelu {
                 mlx_rs::nn::gelu_approximate(&a)?
             } else {
                 mlx_rs::nn::gelu(&a)?
             };
-            h = h.add(a.matmul(&layer.fc2_t)?.multiply(&layer.mlp_scale)?)?;
+            h = h.add(a.matmul(&layer.fc2)?.multiply(&layer.mlp_scale)?)?;
         }
         Ok(h)
     }

@@ -68,20 +68,10 @@ impl Sampler {
             fault: None,
         })
     }
-
-    /// Restarts the native noise from `seed`.
-    pub(crate) fn reseed(&mut self, seed: u64) -> Result<()> {
-        self.key = random::key(seed)?;
-        Ok(())
-    }
 }
 
 impl SamplerSteps for Sampler {
     type T = Array;
-
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
 
     fn greedy(&self, logits: &Array) -> Result<(Array, Array)> {
         let tok = argmax_axis(logits, 0, true)?.as_dtype(Dtype::Int32)?;
@@ -135,6 +125,15 @@ impl SamplerSteps for Sampler {
     fn download(&self, token: Array, probs: Array) -> Result<(i32, Vec<f32>)> {
         mlx_rs::transforms::eval([&token, &probs])?;
         Ok((token.as_slice::<i32>()[0], probs.as_slice::<f32>().to_vec()))
+    }
+
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn reseed(&mut self, seed: u64) -> Result<()> {
+        self.key = random::key(seed)?;
+        Ok(())
     }
 }
 

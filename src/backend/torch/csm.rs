@@ -4,7 +4,7 @@ use super::frame_output;
 use super::sampler::Sampler;
 use super::stack::{host_taps, kind_of, tap, to_tensor, Stack};
 use crate::backend::common::{
-    backend_glue, csm_embedding_ids, depth_ids, recompute_input, sample, FrameRows,
+    backend_glue, csm_embedding_ids, depth_ids, recompute_input, sample, FrameRows, SamplerSteps,
 };
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;

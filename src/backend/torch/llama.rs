@@ -7,7 +7,7 @@ use super::frame_output;
 use super::sampler::Sampler;
 use super::stack::{host_taps, kind_of, tap, to_tensor, Stack};
 use crate::backend::common::{
-    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows,
+    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows, SamplerSteps,
 };
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
@@ -36,7 +36,7 @@ impl TorchLlama {
             let delta = (a.matmul(&b) * scale as f64).transpose(0, 1);
             Ok(w + delta.to_kind(kind))
         };
-        let get = |leaf: &str| llama_weight(model, leaf, &upload, &fuse);
+        let get = |leaf: &str| llama_weight(model, leaf, upload, fuse);
         Ok(TorchLlama {
             stack: Stack::load(&get, &model.config.flavor, false)?,
             embed: to_tensor(model.get("model.embed_tokens.weight")?, kind),

@@ -3,7 +3,9 @@
 //! transformer → SEANet decoder, and the mirror image for encoding.
 use super::stack::{kind_of, to_tensor};
 use crate::backend::codec::{check_codes, check_stream_codes, check_wave, Codec, Decoded, Encoded};
-use crate::backend::common::{encoded_from_host, mimi_downsample, DecodeStream, TransposeGeometry};
+use crate::backend::common::{
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
+};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
     conv_padding, decoder_layers, encoder_layers, weights::quantizer_groups, ConvSpec, MimiConfig,
@@ -213,23 +215,10 @@ impl Seanet {
     }
 }
 
-struct TLayer {
-    norm1: (Tensor, Tensor),
-    norm2: (Tensor, Tensor),
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    fc1: Tensor,
-    fc2: Tensor,
-    attn_scale: Tensor,
-    mlp_scale: Tensor,
-}
-
 /// Mimi's transformer: pre-LayerNorm, causal attention in a sliding window with split-half
 /// RoPE, exact GELU MLP, layer scale on both residual branches, no final norm.
 struct Transformer {
-    layers: Vec<TLayer>,
+    layers: Vec<MimiLayer<Tensor>>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -244,26 +233,11 @@ impl Transformer {
         let get = |i: usize, leaf: &str| {
             to_tensor(m.weights.get(&format!("{stack}.layers.{i}.{leaf}")), kind)
         };
+        let get = |i: usize, leaf: &str| -> Result<Tensor> { Ok(get(i, leaf)) };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| TLayer {
-                norm1: (
-                    get(i, "input_layernorm.weight"),
-                    get(i, "input_layernorm.bias"),
-                ),
-                norm2: (
-                    get(i, "post_attention_layernorm.weight"),
-                    get(i, "post_attention_layernorm.bias"),
-                ),
-                q: get(i, "self_attn.q_proj.weight"),
-                k: get(i, "self_attn.k_proj.weight"),
-                v: get(i, "self_attn.v_proj.weight"),
-                o: get(i, "self_attn.o_proj.weight"),
-                fc1: get(i, "mlp.fc1.weight"),
-                fc2: get(i, "mlp.fc2.weight"),
-                attn_scale: get(i, "self_attn_layer_scale.scale"),
-                mlp_scale: get(i, "mlp_layer_scale.scale"),
-            })
-            .collect();
+            .map(|i| MimiLayer::load(i, &get, &get))
+            .collect::<Result<Vec<_>>>()
+            .expect("the weights were checked at load");
         Transformer {
             layers,
             heads: cfg.num_attention_heads as i64,

@@ -46,36 +46,22 @@ fn nucleus_mask(logits: &Tensor, spec: &SamplerSpec) -> Option<Tensor> {
     keep
 }
 
-/// One pipeline's on-device sampler: its vocabulary and the state of the native noise (the
-/// seed, and the step that reseeds libtorch's generator per draw).
+/// One pipeline's on-device sampler: its vocabulary and the state of the native noise, (seed,
+/// step): libtorch's generator is reseeded per draw from both.
 pub(crate) struct Sampler {
     vocab: usize,
-    seed: u64,
-    step: u64,
+    native: (u64, u64),
 }
 
 impl Sampler {
     pub(crate) fn new(vocab: usize) -> Result<Self> {
-        Ok(Sampler {
-            vocab,
-            seed: 0,
-            step: 0,
-        })
-    }
-
-    /// Restarts the native noise from `seed`.
-    pub(crate) fn reseed(&mut self, seed: u64) -> Result<()> {
-        (self.seed, self.step) = (seed, 0);
-        Ok(())
+        let native = (0, 0);
+        Ok(Sampler { vocab, native })
     }
 }
 
 impl SamplerSteps for Sampler {
     type T = Tensor;
-
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
 
     fn greedy(&self, logits: &Tensor) -> Result<(Tensor, Tensor)> {
         let tok = logits.argmax(0, true);
@@ -111,8 +97,9 @@ impl SamplerSteps for Sampler {
             (NoiseMode::Native, _) => {
                 // libtorch's generator reseeded from (seed, step), under the lock.
                 let _lock = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                let step_seed = crate::sampling::SharedNoise::step_seed(self.seed, self.step);
-                self.step += 1;
+                let (seed, step) = self.native;
+                let step_seed = crate::sampling::SharedNoise::step_seed(seed, step);
+                self.native.1 += 1;
                 tch::manual_seed(step_seed as i64);
                 like.empty_like().exponential_(1.0)
             }
@@ -129,5 +116,14 @@ impl SamplerSteps for Sampler {
 
     fn download(&self, token: Tensor, probs: Tensor) -> Result<(i32, Vec<f32>)> {
         Ok((token.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
+    }
+
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn reseed(&mut self, seed: u64) -> Result<()> {
+        self.native = (seed, 0);
+        Ok(())
     }
 }
