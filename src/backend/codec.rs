@@ -6,10 +6,8 @@
 //! negative — are decoded as code 0 of their codebook and counted in
 //! [`Decoded::invalid_codes`] (see [`crate::model::mimi::sanitize_codes`]); they never fail a
 //! decode and are never dropped silently.
-use super::BackendKind;
 use crate::capture::BackendInfo;
-use crate::model::mimi::{MimiConfig, MimiModel};
-use crate::model::DType;
+use crate::model::mimi::MimiConfig;
 use anyhow::{bail, Result};
 
 /// What a decode produced.
@@ -19,6 +17,16 @@ pub struct Decoded {
     pub audio: Vec<f32>,
     /// How many codes were outside `0..codebook_size` and decoded as 0.
     pub invalid_codes: usize,
+}
+
+impl Decoded {
+    /// The decode of no frames: no audio.
+    pub fn nothing(invalid_codes: usize) -> Self {
+        Decoded {
+            audio: vec![],
+            invalid_codes,
+        }
+    }
 }
 
 /// What an encode produced.
@@ -143,6 +151,20 @@ pub fn check_stream(cfg: &MimiConfig, stream: Option<usize>, codebooks: usize) -
     Ok(())
 }
 
+/// Checks a streamed decode request: [`check_codes`], then (when there are frames)
+/// [`check_stream`] against the codebooks of the stream so far.
+pub fn check_stream_codes(
+    cfg: &MimiConfig,
+    codes: &[Vec<i32>],
+    stream: Option<usize>,
+) -> Result<(usize, usize, Vec<i32>, usize)> {
+    let checked = check_codes(cfg, codes)?;
+    if checked.0 > 0 {
+        check_stream(cfg, stream, checked.1)?;
+    }
+    Ok(checked)
+}
+
 /// Checks an encode request: a non-empty, finite waveform.
 pub fn check_wave(wave: &[f32]) -> Result<()> {
     if wave.is_empty() {
@@ -152,21 +174,6 @@ pub fn check_wave(wave: &[f32]) -> Result<()> {
         bail!("codec encode: sample {i} is not finite");
     }
     Ok(())
-}
-
-/// Loads `model` into the codec of library `kind` computing in `dtype`.
-pub fn load_codec(kind: BackendKind, model: &MimiModel, dtype: DType) -> Result<Box<dyn Codec>> {
-    match kind {
-        #[cfg(feature = "torch")]
-        BackendKind::Torch => Ok(Box::new(super::torch::mimi::TorchMimi::load(model, dtype)?)),
-        #[cfg(feature = "mlx")]
-        BackendKind::Mlx => Ok(Box::new(super::mlx::mimi::MlxMimi::load(model, dtype)?)),
-        #[allow(unreachable_patterns)]
-        other => {
-            let _ = (model, dtype);
-            Err(super::not_compiled(other))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,16 @@
 //! frame at a time, sampling on-device, with KV caches. CSM emits a frame of C audio codebooks;
 //! a plain Llama LM is the same with C = 1 (a frame is one token).
 use crate::capture::BackendInfo;
+use crate::model::mimi::MimiModel;
 use crate::model::{DType, Frames, Model};
 use crate::sampling::SamplerSpec;
 use anyhow::{bail, Result};
 
-pub use codec::{load_codec, Codec, CodecFault, Decoded, Encoded};
+pub use codec::{Codec, CodecFault, Decoded, Encoded};
 
 pub mod codec;
+#[cfg(any(feature = "mlx", feature = "torch"))]
+pub(crate) mod common;
 #[cfg(feature = "mlx")]
 pub mod mlx;
 #[cfg(feature = "torch")]
@@ -252,6 +255,21 @@ pub(crate) fn not_compiled(kind: BackendKind) -> anyhow::Error {
         kind.name(),
         kind.name()
     )
+}
+
+/// Loads `model` into the codec of library `kind` computing in `dtype`.
+pub fn load_codec(kind: BackendKind, model: &MimiModel, dtype: DType) -> Result<Box<dyn Codec>> {
+    match kind {
+        #[cfg(feature = "torch")]
+        BackendKind::Torch => Ok(Box::new(torch::mimi::TorchMimi::load(model, dtype)?)),
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => Ok(Box::new(mlx::mimi::MlxMimi::load(model, dtype)?)),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (model, dtype);
+            Err(not_compiled(other))
+        }
+    }
 }
 
 #[cfg(test)]

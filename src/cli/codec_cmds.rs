@@ -1,8 +1,8 @@
 //! `encode` (24 kHz mono WAV → Mimi codes .npy) and `decode` (codes .npy → WAV) with one
 //! backend's codec (docs/codec.md, "encode and decode").
 use super::common::print_json;
-use crate::backend::codec::{load_codec, Codec};
 use crate::backend::BackendKind;
+use crate::backend::{load_codec, Codec};
 use crate::model::mimi::{MimiConfig, MimiModel};
 use crate::model::{fixture, DType};
 use crate::npy::{Dtype, StreamingNpy};

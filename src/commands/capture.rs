@@ -1,7 +1,6 @@
 //! `capture`: both pipelines generate from the same text with the same seed; each writes a run
 //! directory (DESIGN §4) recording every step.
-use crate::backend::codec::{load_codec, Codec};
-use crate::backend::{self, Backend, BackendKind, FrameOutput, Record};
+use crate::backend::{self, load_codec, Backend, BackendKind, Codec, FrameOutput, Record};
 use crate::capture::{
     f32_precision, BackendInfo, FrameRecord, Manifest, ModelInfo, PromptInfo, RunWriter,
     SamplerInfo, Storage, Timings,

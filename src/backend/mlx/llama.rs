@@ -4,18 +4,20 @@
 //!
 //! It is a [`Backend`] with one codebook: a "frame" is one token (input rows of width 2, column
 //! 0 the token), so capture, diff, sweep and gate work on its runs unchanged.
-use super::sampler;
+use super::sampler::Sampler;
 use super::stack::{host_taps, index1, mlx_dtype, tap, to_array, Stack};
+use super::{faults, frame_output};
+use crate::backend::common::{
+    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows, SamplerSteps,
+};
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
 use crate::faults::Fault;
-use crate::model::llama::hf_key;
-use crate::model::{DType, Frames, LlamaModel};
-use crate::sampling::SamplerSpec;
-use anyhow::{bail, Result};
-use mlx_rs::ops::concatenate;
+use crate::model::llama::lora::LoraPair;
+use crate::model::{DType, Frames, HostTensor, LlamaModel};
+use anyhow::Result;
 use mlx_rs::ops::indexing::take_axis;
-use mlx_rs::{random, Array, Dtype};
+use mlx_rs::{Array, Dtype};
 
 pub struct MlxLlama {
     stack: Stack,
@@ -23,7 +25,8 @@ pub struct MlxLlama {
     head_t: Array,
     vocab: usize,
     dtype: DType,
-    key: Array,
+    sampler: Sampler,
+    /// Injected porting bug (`--inject`); `None` in normal use.
     fault: Option<Fault>,
     /// Every input so far, kept only under the `no-cache` fault.
     history: Option<Frames>,
@@ -32,17 +35,8 @@ pub struct MlxLlama {
 impl MlxLlama {
     pub fn load(model: &LlamaModel, dtype: DType) -> Result<Self> {
         let dt = mlx_dtype(dtype);
-        let get = |leaf: &str| -> Result<Array> {
-            let name = hf_key(leaf);
-            let w = to_array(model.get(&name)?, dt)?;
-            let Some((pair, scale)) = model
-                .adapter
-                .as_ref()
-                .and_then(|a| a.updates.get(&name).map(|p| (p, a.scale)))
-            else {
-                return Ok(w);
-            };
-            // mlx-lm's fuse: W + scale · (A B)ᵀ, in f32.
+        let upload = |t: &HostTensor| to_array(t, dt);
+        let fuse = |w: Array, pair: &LoraPair, scale: f32| -> Result<Array> {
             let a = to_array(&pair.a, Dtype::Float32)?;
             let b = to_array(&pair.b, Dtype::Float32)?;
             let delta = a.matmul(&b)?.multiply(Array::from_f32(scale))?.t();
@@ -50,6 +44,7 @@ impl MlxLlama {
             merged.eval()?;
             Ok(merged)
         };
+        let get = |leaf: &str| llama_weight(model, leaf, upload, fuse);
         let stack = Stack::load(&get, &model.config.flavor, false)?;
         let head_t = to_array(model.get(model.lm_head_name())?, dt)?.t();
         head_t.eval()?;
@@ -59,7 +54,7 @@ impl MlxLlama {
             head_t,
             vocab: model.config.vocab_size,
             dtype,
-            key: random::key(0)?,
+            sampler: Sampler::new(model.config.vocab_size)?,
             fault: None,
             history: None,
         })
@@ -67,13 +62,7 @@ impl MlxLlama {
 
     /// Token embeddings of the rows' column 0: [1, L, D].
     fn embed(&self, frames: &Frames) -> Result<Array> {
-        if frames.width != 2 {
-            bail!(
-                "a Llama step takes rows of width 2 (token, unused), got {}",
-                frames.width
-            );
-        }
-        let ids: Vec<i32> = frames.tokens.chunks_exact(2).map(|r| r[0] as i32).collect();
+        let ids: Vec<i32> = llama_tokens(frames)?.iter().map(|&t| t as i32).collect();
         let l = ids.len() as i32;
         let e = take_axis(&self.embed, Array::from_slice(&ids, &[l]), 0)?;
         Ok(e.reshape(&[1, l, -1])?)
@@ -85,63 +74,28 @@ impl MlxLlama {
             .matmul(&self.head_t)?
             .as_dtype(Dtype::Float32)?
             .reshape(&[self.vocab as i32])?;
-        Ok(if self.fault == Some(Fault::Bf16Logits) {
-            l.as_dtype(Dtype::Bfloat16)?.as_dtype(Dtype::Float32)?
-        } else {
-            l
-        })
+        faults::logits(self.fault, l)
     }
 }
 
 impl Backend for MlxLlama {
+    backend_glue!(stack: "model");
+
     fn info(&self) -> BackendInfo {
         super::info_of(self.dtype, self.fault)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
         self.stack.reset();
-        self.key = random::key(seed)?;
         self.history = None;
-        Ok(())
-    }
-
-    fn position(&self) -> usize {
-        self.stack.pos
+        self.sampler.reseed(seed)
     }
 
     fn inject(&mut self, fault: Fault) -> Result<()> {
-        match fault {
-            // The wrong RoPE variant for this checkpoint: interleaved pairs instead of halves.
-            Fault::RopeHalves => self.stack.traditional = !self.stack.traditional,
-            Fault::NoRopeScaling => self.stack.set_rope_scaling(None),
-            Fault::DecoderPosReset => {
-                bail!("--inject {fault}: a Llama model has no depth decoder")
-            }
-            _ => {}
-        }
+        faults::inject(fault, &mut [&mut self.stack], false)?;
         self.fault = Some(fault);
+        self.sampler.fault = Some(fault);
         Ok(())
-    }
-
-    fn sample_logits(
-        &mut self,
-        logits: &[f32],
-        spec: &SamplerSpec,
-        uniforms: Option<&[f32]>,
-    ) -> Result<(i32, Vec<f32>)> {
-        let v = self.vocab as i32;
-        crate::backend::check_row(logits, self.vocab)?;
-        let u = uniforms.map(|u| Array::from_slice(u, &[v]));
-        let (tok, probs) = sampler::sample(
-            &Array::from_slice(logits, &[v]),
-            self.vocab,
-            spec,
-            u.as_ref(),
-            self.fault,
-            &mut self.key,
-        )?;
-        mlx_rs::transforms::eval([&tok, &probs])?;
-        Ok((tok.as_slice::<i32>()[0], probs.as_slice::<f32>().to_vec()))
     }
 
     fn generate_frame_ext(
@@ -150,40 +104,12 @@ impl Backend for MlxLlama {
         external: Option<&mut ExternalSampler>,
     ) -> Result<FrameOutput> {
         let v = self.vocab as i32;
-        if self.stack.pos + req.input.len() > self.stack.f.max_seq_len {
-            bail!(
-                "sequence exceeds the model's max_position_embeddings {}",
-                self.stack.f.max_seq_len
-            );
-        }
-        let mut positions = req.input.len();
-        let h_all = match self.fault {
-            Some(Fault::NoCache) => {
-                // The whole sequence again, every step.
-                let mut hist = self.history.take().unwrap_or_else(|| Frames {
-                    width: 2,
-                    tokens: vec![],
-                    mask: vec![],
-                });
-                hist.extend(req.input);
-                let x = self.embed(&hist)?;
-                positions = hist.len();
-                self.history = Some(hist);
-                self.stack.pos += req.input.len();
-                self.stack.forward(&x, false)?
-            }
-            Some(Fault::ContextLoss) if self.stack.pos > 0 => {
-                // Only the newest token, with the cache (and so the prompt) forgotten.
-                self.stack.cache.iter_mut().for_each(|c| *c = None);
-                self.stack.forward(&self.embed(req.input)?, true)?
-            }
-            _ => self.stack.forward(&self.embed(req.input)?, true)?,
-        };
-        let last = if self.fault == Some(Fault::WrongPosition) {
-            0
-        } else {
-            h_all.dim(1) - 1
-        };
+        let limit = "max_position_embeddings";
+        self.stack.check_room(req.input.len(), limit)?;
+        let input = faults::backbone_input(self.fault, &mut self.history, req.input);
+        let x = self.embed(&input)?;
+        let h_all = faults::backbone_forward(self.fault, &mut self.stack, &x, req.input.len())?;
+        let last = faults::readout(self.fault, h_all.dim(1));
         let h = take_axis(&h_all, index1(last), 1)?.reshape(&[1, -1])?;
         tap(&mut self.stack.taps, || "model.h_last".into(), &h);
         let logits = self.logits(&h)?;
@@ -196,48 +122,17 @@ impl Backend for MlxLlama {
             }
             None => {
                 let u = req.uniforms.map(|u| Array::from_slice(u, &[v]));
-                sampler::sample(
-                    &logits,
-                    self.vocab,
-                    req.sampler,
-                    u.as_ref(),
-                    self.fault,
-                    &mut self.key,
-                )?
+                sample(&mut self.sampler, &logits, req.sampler, u.as_ref())?
             }
         };
+        let mut rows = FrameRows::new(1, self.vocab);
+        rows.push(tok, logits, probs);
         // One host copy per step: token, then logits and probs when recorded.
-        let mut parts = vec![tok.as_dtype(Dtype::Float32)?];
-        if req.record.logits {
-            parts.push(logits);
-        }
-        if req.record.probs {
-            parts.push(probs);
-        }
-        let flat = concatenate(&parts, 0)?;
-        let mut to_eval = vec![&flat];
-        to_eval.extend(self.stack.cache_arrays());
-        mlx_rs::transforms::eval(to_eval)?;
-        let flat: &[f32] = flat.as_slice();
-        Ok(FrameOutput::from_host(
-            flat, 1, self.vocab, req.record, positions,
-        ))
-    }
-
-    fn set_taps(&mut self, on: bool) -> Result<()> {
-        self.stack.set_taps(on, "model");
-        Ok(())
-    }
-
-    fn take_taps(&mut self) -> Result<Vec<crate::backend::Tap>> {
-        host_taps(self.stack.take_taps())
+        frame_output(rows, req.record, input.len(), &self.stack)
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
-        let mut all = prefix.clone();
-        for f in frames {
-            all.extend(&Frames::audio(f, self.vocab)?);
-        }
+        let all = recompute_input(prefix, frames, self.vocab)?;
         let h_all = self
             .stack
             .forward(&self.embed(&all)?, false)?

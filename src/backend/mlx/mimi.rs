@@ -4,12 +4,15 @@
 //! sliding-window mask; one lazy graph per call, evaluated once.
 use super::stack::{mlx_dtype, to_array};
 use crate::backend::codec::{
-    check_codes, check_stream, check_wave, Codec, CodecFault, Decoded, Encoded,
+    check_codes, check_stream_codes, check_wave, Codec, CodecFault, Decoded, Encoded,
+};
+use crate::backend::common::{
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
 };
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
-    conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
-    ConvSpec, MimiConfig, MimiModel, PadMode, SeanetLayer,
+    conv_padding, decoder_layers, encoder_layers, weights::quantizer_groups, ConvSpec, MimiConfig,
+    MimiModel, PadMode, SeanetLayer,
 };
 use crate::model::DType;
 use anyhow::{bail, Result};
@@ -140,10 +143,7 @@ struct ConvTranspose {
     w_src: Array,
     w: Array,
     b: Option<Array>,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    trim_right_ratio: f64,
+    geo: TransposeGeometry,
 }
 
 impl ConvTranspose {
@@ -157,30 +157,31 @@ impl ConvTranspose {
     ) -> Result<Self> {
         let get = |leaf: &str| to_array(m.weights.get(&format!("{name}.conv.{leaf}")), dt);
         let w_src = get("weight")?;
+        let geo = TransposeGeometry::new(&m.config, w_src.dim(2) as usize, stride, groups);
         Ok(ConvTranspose {
-            kernel: w_src.dim(2) as usize,
             w: transposed_weight(&w_src, groups as i32, false)?,
             w_src,
             b: if bias { Some(get("bias")?) } else { None },
-            stride,
-            groups,
-            trim_right_ratio: m.config.trim_right_ratio,
+            geo,
         })
     }
 
     /// x: [1, L, in] → [1, L · stride, out].
     fn forward(&self, x: &Array, f: Faults) -> Result<Array> {
-        let y = conv_transpose1d(x, &self.w, self.stride as i32, 0, 1, 0, self.groups as i32)?;
+        let y = conv_transpose1d(
+            x,
+            &self.w,
+            self.geo.stride as i32,
+            0,
+            1,
+            0,
+            self.geo.groups as i32,
+        )?;
         let y = match &self.b {
             Some(b) => y.add(b)?,
             None => y,
         };
-        let (left, right) = transpose_trim(
-            self.kernel,
-            self.stride,
-            self.trim_right_ratio,
-            !f.non_causal,
-        );
+        let (left, right) = self.geo.trim(!f.non_causal);
         let len = y.dim(1);
         let keep = Array::arange::<i32, i32>(left as i32, len - right as i32, None)?;
         Ok(take_axis(&y, &keep, 1)?)
@@ -190,8 +191,16 @@ impl ConvTranspose {
     /// miss the next input's contribution: they are kept in `state` (without the bias) and
     /// added to the next chunk's first outputs.
     fn step(&self, x: &Array, state: &mut Option<Array>) -> Result<Array> {
-        let y = conv_transpose1d(x, &self.w, self.stride as i32, 0, 1, 0, self.groups as i32)?;
-        let ov = (self.kernel - self.stride) as i32;
+        let y = conv_transpose1d(
+            x,
+            &self.w,
+            self.geo.stride as i32,
+            0,
+            1,
+            0,
+            self.geo.groups as i32,
+        )?;
+        let ov = (self.geo.kernel - self.geo.stride) as i32;
         let len = y.dim(1);
         let emit = len - ov;
         let y = match state.take() {
@@ -268,20 +277,6 @@ impl Seanet {
         Ok(h)
     }
 
-    /// How many streaming states [`Seanet::step`] keeps (one per conv).
-    fn state_slots(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                if matches!(l, Layer::Residual(..)) {
-                    2
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-
     /// Streaming [`Seanet::forward`]: `states` holds one slot per conv, in order.
     fn step(&self, x: &Array, states: &mut [Option<Array>]) -> Result<Array> {
         let mut h = x.clone();
@@ -303,23 +298,10 @@ impl Seanet {
     }
 }
 
-struct TLayer {
-    norm1: (Array, Array),
-    norm2: (Array, Array),
-    q_t: Array,
-    k_t: Array,
-    v_t: Array,
-    o_t: Array,
-    fc1_t: Array,
-    fc2_t: Array,
-    attn_scale: Array,
-    mlp_scale: Array,
-}
-
 /// Mimi's transformer: pre-LayerNorm, causal attention in a sliding window with split-half
 /// RoPE, exact GELU MLP, layer scale on both residual branches, no final norm.
 struct Transformer {
-    layers: Vec<TLayer>,
+    layers: Vec<MimiLayer<Array>>,
     heads: i32,
     kv_heads: i32,
     head_dim: i32,
@@ -340,26 +322,7 @@ impl Transformer {
             Ok(a)
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                Ok(TLayer {
-                    norm1: (
-                        get(i, "input_layernorm.weight")?,
-                        get(i, "input_layernorm.bias")?,
-                    ),
-                    norm2: (
-                        get(i, "post_attention_layernorm.weight")?,
-                        get(i, "post_attention_layernorm.bias")?,
-                    ),
-                    q_t: get_t(i, "self_attn.q_proj.weight")?,
-                    k_t: get_t(i, "self_attn.k_proj.weight")?,
-                    v_t: get_t(i, "self_attn.v_proj.weight")?,
-                    o_t: get_t(i, "self_attn.o_proj.weight")?,
-                    fc1_t: get_t(i, "mlp.fc1.weight")?,
-                    fc2_t: get_t(i, "mlp.fc2.weight")?,
-                    attn_scale: get(i, "self_attn_layer_scale.scale")?,
-                    mlp_scale: get(i, "mlp_layer_scale.scale")?,
-                })
-            })
+            .map(|i| MimiLayer::load(i, &get_t, &get))
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             layers,
@@ -435,9 +398,9 @@ impl Transformer {
                     .reshape(&[1, l, n, hd])?
                     .transpose_axes(&[0, 2, 1, 3])?)
             };
-            let q = self.rope(&split(&layer.q_t, nh)?, start)?;
-            let mut k = self.rope(&split(&layer.k_t, nkv)?, start)?;
-            let mut v = split(&layer.v_t, nkv)?;
+            let q = self.rope(&split(&layer.q, nh)?, start)?;
+            let mut k = self.rope(&split(&layer.k, nkv)?, start)?;
+            let mut v = split(&layer.v, nkv)?;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((ck, cv)) = cache.get(i) {
                     k = concatenate(&[ck.clone(), k], 2)?;
@@ -462,16 +425,16 @@ impl Transformer {
             )?
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[1, l, nh * hd])?
-            .matmul(&layer.o_t)?;
+            .matmul(&layer.o)?;
             h = h.add(attn.multiply(&layer.attn_scale)?)?;
             let xn = fast::layer_norm(&h, &layer.norm2.0, &layer.norm2.1, self.eps)?;
-            let a = xn.matmul(&layer.fc1_t)?;
+            let a = xn.matmul(&layer.fc1)?;
             let a = if f.tanh_gelu {
                 mlx_rs::nn::gelu_approximate(&a)?
             } else {
                 mlx_rs::nn::gelu(&a)?
             };
-            h = h.add(a.matmul(&layer.fc2_t)?.multiply(&layer.mlp_scale)?)?;
+            h = h.add(a.matmul(&layer.fc2)?.multiply(&layer.mlp_scale)?)?;
         }
         Ok(h)
     }
@@ -579,25 +542,10 @@ pub struct MlxMimi {
     dtype: DType,
     faults: Faults,
     fault: Option<CodecFault>,
-    stream: Option<MlxStream>,
+    stream: Option<DecodeStream<Array>>,
 }
 
-/// The state of a streamed decode ([`Codec::decode_stream`]): what each causal layer keeps
-/// from the frames already decoded. Its size does not grow with the stream.
-struct MlxStream {
-    /// Codebooks per frame (fixed for the stream).
-    codebooks: usize,
-    /// The upsample's pending outputs.
-    upsample: Option<Array>,
-    /// Per decoder-transformer layer: the last `window − 1` keys and values.
-    kv: Vec<(Array, Array)>,
-    /// Position of the next transformer step.
-    position: i32,
-    /// One slot per SEANet decoder conv.
-    decoder: Vec<Option<Array>>,
-}
-
-impl MlxStream {
+impl DecodeStream<Array> {
     /// Evaluates every kept array, so the next chunk's graph starts from values.
     fn eval(&self) -> Result<()> {
         let mut all: Vec<&Array> = self.upsample.iter().collect();
@@ -615,15 +563,7 @@ impl MlxMimi {
     pub fn load(m: &MimiModel, dtype: DType) -> Result<Self> {
         let dt = mlx_dtype(dtype);
         let cfg = m.config.clone();
-        let k = cfg.resample_kernel();
-        let down = ConvSpec {
-            name: "downsample".into(),
-            in_ch: cfg.hidden_size,
-            out_ch: cfg.hidden_size,
-            kernel: k,
-            stride: 2,
-            dilation: 1,
-        };
+        let down = mimi_downsample(&cfg);
         let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
         Ok(MlxMimi {
             encoder: Seanet::load(m, &encoder_layers(&cfg), dt)?,
@@ -706,29 +646,24 @@ impl Codec for MlxMimi {
         if self.faults.non_causal {
             bail!("codec streaming: the non-causal-padding fault cannot stream (it needs later frames); decode the whole sequence");
         }
-        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        let stream = self.stream.as_ref().map(|s| s.codebooks);
+        let (f, c, flat, invalid_codes) = check_stream_codes(&self.cfg, codes, stream)?;
         if f == 0 {
-            return Ok(Decoded {
-                audio: vec![],
-                invalid_codes,
-            });
+            return Ok(Decoded::nothing(invalid_codes));
         }
-        check_stream(&self.cfg, self.stream.as_ref().map(|s| s.codebooks), c)?;
         let z = self.dequantize(f, c, &flat)?;
-        let slots = self.decoder.state_slots();
-        let st = self.stream.get_or_insert_with(|| MlxStream {
-            codebooks: c,
-            upsample: None,
-            kv: Vec::new(),
-            position: 0,
-            decoder: (0..slots).map(|_| None).collect(),
-        });
+        let st = self
+            .stream
+            .get_or_insert_with(|| DecodeStream::new(c, &self.cfg));
         let x = self.upsample.step(&z, &mut st.upsample)?; // [1, 2F, D]
         let n = x.dim(1);
-        let x = self
-            .decoder_transformer
-            .attend(&x, st.position, Some(&mut st.kv), self.faults)?;
-        st.position += n;
+        let x = self.decoder_transformer.attend(
+            &x,
+            st.position as i32,
+            Some(&mut st.kv),
+            self.faults,
+        )?;
+        st.position += n as usize;
         let audio = self
             .decoder
             .step(&x, &mut st.decoder)?
@@ -767,14 +702,8 @@ impl Codec for MlxMimi {
         )?;
         flat.eval()?;
         let flat: &[f32] = flat.as_slice();
-        let (lat, codes) = flat.split_at((f * d) as usize);
-        Ok(Encoded {
-            latents: lat.to_vec(),
-            codes: codes
-                .chunks(self.cfg.num_quantizers)
-                .map(|r| r.iter().map(|&x| x as i32).collect())
-                .collect(),
-        })
+        let latents = (f * d) as usize;
+        Ok(encoded_from_host(flat, latents, self.cfg.num_quantizers))
     }
 
     fn inject(&mut self, fault: CodecFault) -> Result<()> {
@@ -785,7 +714,7 @@ impl Codec for MlxMimi {
             CodecFault::TransposedConvAxes => {
                 for layer in &mut self.decoder.layers {
                     if let Layer::ConvTranspose(ct) = layer {
-                        ct.w = transposed_weight(&ct.w_src, ct.groups as i32, true)?;
+                        ct.w = transposed_weight(&ct.w_src, ct.geo.groups as i32, true)?;
                     }
                 }
             }

@@ -1,5 +1,7 @@
 //! A Llama transformer stack with its KV cache, on MLX: shared by CSM (backbone, depth decoder)
 //! and plain Llama language models.
+pub(crate) use crate::backend::common::tap;
+use crate::backend::common::{self, Shared};
 use crate::model::{DType, HostTensor, LlamaFlavor};
 use anyhow::Result;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
@@ -57,44 +59,14 @@ pub(crate) fn index1(i: i32) -> Array {
     Array::from_slice(&[i], &[1])
 }
 
-pub(crate) struct Layer {
-    q_t: Array,
-    k_t: Array,
-    v_t: Array,
-    o_t: Array,
-    sa_norm: Array,
-    mlp_norm: Array,
-    w1_t: Array,
-    w2_t: Array,
-    w3_t: Array,
-}
-
-pub(crate) struct Stack {
-    pub(crate) layers: Vec<Layer>,
-    pub(crate) norm: Array,
-    pub(crate) f: LlamaFlavor,
-    /// Periods 1/inv_freq, the form `fast::rope` takes as `freqs`.
-    pub(crate) freqs: Array,
-    pub(crate) cache: Vec<Option<(Array, Array)>>,
-    pub(crate) pos: usize,
-    /// torchtune's interleaved pairs (true); false is the split-halves fault.
-    pub(crate) traditional: bool,
-    /// Activation taps (issue 17): `Some` while recording; names get `tap_prefix`.
-    pub(crate) taps: Option<Vec<(String, Array)>>,
-    pub(crate) tap_prefix: String,
-}
-
-/// Records `x` under `name()` when taps are on (the name is only built then; arrays are
-/// immutable, so no copy is needed).
-pub(crate) fn tap(
-    taps: &mut Option<Vec<(String, Array)>>,
-    name: impl FnOnce() -> String,
-    x: &Array,
-) {
-    if let Some(t) = taps {
-        t.push((name(), x.clone()));
+impl Shared for Array {
+    fn share(&self) -> Self {
+        self.clone()
     }
 }
+
+/// The shared stack ([`common::Stack`]) on MLX arrays, the projections held transposed.
+pub(crate) type Stack = common::Stack<Array>;
 
 /// The recorded taps as host f32 tensors (one evaluation for all of them).
 pub(crate) fn host_taps(taps: Vec<(String, Array)>) -> Result<Vec<crate::backend::Tap>> {
@@ -131,31 +103,8 @@ impl Stack {
             a.eval()?;
             Ok(a)
         };
-        let mut layers = Vec::new();
-        for i in 0..f.num_layers {
-            layers.push(Layer {
-                q_t: wt(&format!("layers.{i}.attn.q_proj.weight"))?,
-                k_t: wt(&format!("layers.{i}.attn.k_proj.weight"))?,
-                v_t: wt(&format!("layers.{i}.attn.v_proj.weight"))?,
-                o_t: wt(&format!("layers.{i}.attn.output_proj.weight"))?,
-                sa_norm: get(&format!("layers.{i}.sa_norm.scale"))?,
-                mlp_norm: get(&format!("layers.{i}.mlp_norm.scale"))?,
-                w1_t: wt(&format!("layers.{i}.mlp.w1.weight"))?,
-                w2_t: wt(&format!("layers.{i}.mlp.w2.weight"))?,
-                w3_t: wt(&format!("layers.{i}.mlp.w3.weight"))?,
-            });
-        }
-        let mut stack = Stack {
-            layers,
-            norm: get("norm.scale")?,
-            f: f.clone(),
-            freqs: Array::from_slice(&[0f32], &[1]),
-            cache: (0..f.num_layers).map(|_| None).collect(),
-            pos: 0,
-            traditional,
-            taps: None,
-            tap_prefix: String::new(),
-        };
+        let freqs = Array::from_slice(&[0f32], &[1]);
+        let mut stack = Stack::load_with(&wt, get, f, freqs, traditional)?;
         stack.set_rope_scaling(f.rope_scaling);
         Ok(stack)
     }
@@ -167,38 +116,7 @@ impl Stack {
             ..self.f.clone()
         };
         let periods: Vec<f32> = f.rope_inv_freq().iter().map(|&x| 1.0 / x).collect();
-        self.freqs = Array::from_slice(&periods, &[periods.len() as i32]);
-    }
-
-    /// Starts (or stops) recording taps named `prefix.…`.
-    pub(crate) fn set_taps(&mut self, on: bool, prefix: &str) {
-        self.taps = on.then(Vec::new);
-        self.tap_prefix = prefix.to_string();
-    }
-
-    /// The taps recorded so far (recording goes on while taps are on).
-    pub(crate) fn take_taps(&mut self) -> Vec<(String, Array)> {
-        let on = self.taps.is_some();
-        std::mem::replace(&mut self.taps, on.then(Vec::new)).unwrap_or_default()
-    }
-
-    /// Prefix of the following taps' names (only built while taps are on).
-    pub(crate) fn name_taps(&mut self, prefix: impl FnOnce() -> String) {
-        if self.taps.is_some() {
-            self.tap_prefix = prefix();
-        }
-    }
-
-    /// Appends this stack's recorded taps to `all` (one list in execution order).
-    pub(crate) fn move_taps_to(&mut self, all: &mut Option<Vec<(String, Array)>>) {
-        if let (Some(all), Some(mine)) = (all.as_mut(), self.taps.as_mut()) {
-            all.append(mine);
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = None);
-        self.pos = 0;
+        self.rope_freqs = Array::from_slice(&periods, &[periods.len() as i32]);
     }
 
     fn rope(&self, x: &Array, start: usize) -> Result<Array> {
@@ -209,7 +127,7 @@ impl Stack {
             None,
             1.0,
             start as i32,
-            Some(&self.freqs),
+            Some(&self.rope_freqs),
         )?)
     }
 
@@ -233,15 +151,15 @@ impl Stack {
             let xn = fast::rms_norm(&h, Some(&layer.sa_norm), eps)?;
             tap(&mut taps, || format!("{p}.layers.{i}.attn_norm"), &xn);
             let q = xn
-                .matmul(&layer.q_t)?
+                .matmul(&layer.q)?
                 .reshape(&[1, l, nh, hd])?
                 .transpose_axes(&[0, 2, 1, 3])?;
             let k = xn
-                .matmul(&layer.k_t)?
+                .matmul(&layer.k)?
                 .reshape(&[1, l, nkv, hd])?
                 .transpose_axes(&[0, 2, 1, 3])?;
             let v = xn
-                .matmul(&layer.v_t)?
+                .matmul(&layer.v)?
                 .reshape(&[1, l, nkv, hd])?
                 .transpose_axes(&[0, 2, 1, 3])?;
             tap(&mut taps, || format!("{p}.layers.{i}.q"), &q);
@@ -265,17 +183,17 @@ impl Stack {
             let attn = attn
                 .transpose_axes(&[0, 2, 1, 3])?
                 .reshape(&[1, l, nh * hd])?
-                .matmul(&layer.o_t)?;
+                .matmul(&layer.o)?;
             tap(&mut taps, || format!("{p}.layers.{i}.o_proj"), &attn);
             h = h.add(&attn)?;
             tap(&mut taps, || format!("{p}.layers.{i}.resid_attn"), &h);
             let xn = fast::rms_norm(&h, Some(&layer.mlp_norm), eps)?;
             tap(&mut taps, || format!("{p}.layers.{i}.mlp_norm"), &xn);
-            let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1_t)?)?;
-            let up = xn.matmul(&layer.w3_t)?;
+            let gate = mlx_rs::nn::silu(xn.matmul(&layer.w1)?)?;
+            let up = xn.matmul(&layer.w3)?;
             tap(&mut taps, || format!("{p}.layers.{i}.gate"), &gate);
             tap(&mut taps, || format!("{p}.layers.{i}.up"), &up);
-            let down = gate.multiply(&up)?.matmul(&layer.w2_t)?;
+            let down = gate.multiply(&up)?.matmul(&layer.w2)?;
             tap(&mut taps, || format!("{p}.layers.{i}.down"), &down);
             h = h.add(down)?;
             tap(&mut taps, || format!("{p}.layers.{i}.resid_mlp"), &h);

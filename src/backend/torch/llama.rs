@@ -3,14 +3,17 @@
 //! final norm and LM head (or tied embeddings); LoRA merged at load.
 //!
 //! A [`Backend`] with one codebook: a "frame" is one token (rows of width 2, column 0 the token).
-use super::sampler;
+use super::frame_output;
+use super::sampler::Sampler;
 use super::stack::{host_taps, kind_of, tap, to_tensor, Stack};
+use crate::backend::common::{
+    backend_glue, llama_tokens, llama_weight, recompute_input, sample, FrameRows, SamplerSteps,
+};
 use crate::backend::{Backend, ExternalSampler, FrameOutput, FrameRequest};
 use crate::capture::BackendInfo;
-use crate::model::llama::hf_key;
-use crate::model::{DType, Frames, LlamaModel};
-use crate::sampling::SamplerSpec;
-use anyhow::{bail, Result};
+use crate::model::llama::lora::LoraPair;
+use crate::model::{DType, Frames, HostTensor, LlamaModel};
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 pub struct TorchLlama {
@@ -19,50 +22,34 @@ pub struct TorchLlama {
     head: Tensor,
     vocab: usize,
     dtype: DType,
-    native_seed: u64,
-    native_step: u64,
+    sampler: Sampler,
 }
 
 impl TorchLlama {
     pub fn load(model: &LlamaModel, dtype: DType) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let kind = kind_of(dtype);
-        let get = |leaf: &str| -> Result<Tensor> {
-            let name = hf_key(leaf);
-            let w = to_tensor(model.get(&name)?, kind);
-            let Some((pair, scale)) = model
-                .adapter
-                .as_ref()
-                .and_then(|a| a.updates.get(&name).map(|p| (p, a.scale)))
-            else {
-                return Ok(w);
-            };
-            // mlx-lm's fuse: W + scale · (A B)ᵀ, in f32.
+        let upload = |t: &HostTensor| Ok(to_tensor(t, kind));
+        let fuse = |w: Tensor, pair: &LoraPair, scale: f32| -> Result<Tensor> {
             let a = to_tensor(&pair.a, Kind::Float);
             let b = to_tensor(&pair.b, Kind::Float);
             let delta = (a.matmul(&b) * scale as f64).transpose(0, 1);
             Ok(w + delta.to_kind(kind))
         };
+        let get = |leaf: &str| llama_weight(model, leaf, upload, fuse);
         Ok(TorchLlama {
             stack: Stack::load(&get, &model.config.flavor, false)?,
             embed: to_tensor(model.get("model.embed_tokens.weight")?, kind),
             head: to_tensor(model.get(model.lm_head_name())?, kind),
             vocab: model.config.vocab_size,
             dtype,
-            native_seed: 0,
-            native_step: 0,
+            sampler: Sampler::new(model.config.vocab_size)?,
         })
     }
 
     /// Token embeddings of the rows' column 0: [1, L, D].
     fn embed(&self, frames: &Frames) -> Result<Tensor> {
-        if frames.width != 2 {
-            bail!(
-                "a Llama step takes rows of width 2 (token, unused), got {}",
-                frames.width
-            );
-        }
-        let ids: Vec<i64> = frames.tokens.chunks_exact(2).map(|r| r[0]).collect();
+        let ids = llama_tokens(frames)?;
         Ok(self
             .embed
             .index_select(0, &Tensor::from_slice(&ids))
@@ -78,39 +65,15 @@ impl TorchLlama {
 }
 
 impl Backend for TorchLlama {
+    backend_glue!(stack: "model");
+
     fn info(&self) -> BackendInfo {
         super::info_of(self.dtype)
     }
 
     fn reset(&mut self, seed: u64) -> Result<()> {
         self.stack.reset();
-        self.native_seed = seed;
-        self.native_step = 0;
-        Ok(())
-    }
-
-    fn position(&self) -> usize {
-        self.stack.pos
-    }
-
-    fn sample_logits(
-        &mut self,
-        logits: &[f32],
-        spec: &SamplerSpec,
-        uniforms: Option<&[f32]>,
-    ) -> Result<(i32, Vec<f32>)> {
-        let _guard = tch::no_grad_guard();
-        crate::backend::check_row(logits, self.vocab)?;
-        let u = uniforms.map(Tensor::from_slice);
-        let (tok, probs) = sampler::sample(
-            &Tensor::from_slice(logits),
-            self.vocab,
-            spec,
-            u.as_ref(),
-            self.native_seed,
-            &mut self.native_step,
-        )?;
-        Ok((tok.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
+        self.sampler.reseed(seed)
     }
 
     fn generate_frame_ext(
@@ -119,17 +82,12 @@ impl Backend for TorchLlama {
         external: Option<&mut ExternalSampler>,
     ) -> Result<FrameOutput> {
         let _guard = tch::no_grad_guard();
-        if self.stack.pos + req.input.len() > self.stack.f.max_seq_len {
-            bail!(
-                "sequence exceeds the model's max_position_embeddings {}",
-                self.stack.f.max_seq_len
-            );
-        }
-        let positions = req.input.len();
-        let h = self
-            .stack
-            .forward(&self.embed(req.input)?, true)
-            .select(1, -1);
+        let limit = "max_position_embeddings";
+        self.stack.check_room(req.input.len(), limit)?;
+        let input = req.input;
+        let x = self.embed(input)?;
+        let h_all = self.stack.forward(&x, true);
+        let h = h_all.select(1, -1);
         tap(&mut self.stack.taps, || "model.h_last".into(), &h);
         let logits = self.logits(&h);
         tap(&mut self.stack.taps, || "head.cb0.logits".into(), &logits);
@@ -140,45 +98,18 @@ impl Backend for TorchLlama {
             }
             None => {
                 let u = req.uniforms.map(Tensor::from_slice);
-                sampler::sample(
-                    &logits,
-                    self.vocab,
-                    req.sampler,
-                    u.as_ref(),
-                    self.native_seed,
-                    &mut self.native_step,
-                )?
+                sample(&mut self.sampler, &logits, req.sampler, u.as_ref())?
             }
         };
+        let mut rows = FrameRows::new(1, self.vocab);
+        rows.push(tok, logits, probs);
         // One host copy per step: token, then logits and probs when recorded.
-        let mut parts = vec![tok.to_kind(Kind::Float).reshape([1])];
-        if req.record.logits {
-            parts.push(logits);
-        }
-        if req.record.probs {
-            parts.push(probs);
-        }
-        let flat: Vec<f32> = Vec::<f32>::try_from(Tensor::cat(&parts, 0))?;
-        Ok(FrameOutput::from_host(
-            &flat, 1, self.vocab, req.record, positions,
-        ))
-    }
-
-    fn set_taps(&mut self, on: bool) -> Result<()> {
-        self.stack.set_taps(on, "model");
-        Ok(())
-    }
-
-    fn take_taps(&mut self) -> Result<Vec<crate::backend::Tap>> {
-        host_taps(self.stack.take_taps())
+        frame_output(rows, req.record, input.len())
     }
 
     fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
         let _guard = tch::no_grad_guard();
-        let mut all = prefix.clone();
-        for f in frames {
-            all.extend(&Frames::audio(f, self.vocab)?);
-        }
+        let all = recompute_input(prefix, frames, self.vocab)?;
         let h_all = self.stack.forward(&self.embed(&all)?, false).squeeze_dim(0);
         let p = prefix.len() as i64;
         (0..frames.len())

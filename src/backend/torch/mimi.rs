@@ -2,11 +2,14 @@
 //! (channels-first `[1, C, L]`): split RVQ → grouped transposed-conv upsample → decoder
 //! transformer → SEANet decoder, and the mirror image for encoding.
 use super::stack::{kind_of, to_tensor};
-use crate::backend::codec::{check_codes, check_stream, check_wave, Codec, Decoded, Encoded};
+use crate::backend::codec::{check_codes, check_stream_codes, check_wave, Codec, Decoded, Encoded};
+use crate::backend::common::{
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
+};
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
-    conv_padding, decoder_layers, encoder_layers, transpose_trim, weights::quantizer_groups,
-    ConvSpec, MimiConfig, MimiModel, PadMode, SeanetLayer,
+    conv_padding, decoder_layers, encoder_layers, weights::quantizer_groups, ConvSpec, MimiConfig,
+    MimiModel, PadMode, SeanetLayer,
 };
 use crate::model::DType;
 use anyhow::Result;
@@ -84,10 +87,7 @@ impl Conv {
 struct ConvTranspose {
     w: Tensor,
     b: Option<Tensor>,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    trim_right_ratio: f64,
+    geo: TransposeGeometry,
 }
 
 impl ConvTranspose {
@@ -101,28 +101,31 @@ impl ConvTranspose {
     ) -> Self {
         let get = |leaf: &str| to_tensor(m.weights.get(&format!("{name}.conv.{leaf}")), kind);
         let w = get("weight");
+        let geo = TransposeGeometry::new(&m.config, w.size()[2] as usize, stride, groups);
         ConvTranspose {
-            kernel: w.size()[2] as usize,
             w,
             b: bias.then(|| get("bias")),
-            stride,
-            groups,
-            trim_right_ratio: m.config.trim_right_ratio,
+            geo,
         }
+    }
+
+    /// The untrimmed transposed conv (with the bias): x [1, in, n] → [1, out, (n − 1) · stride + k].
+    fn full(&self, x: &Tensor) -> Tensor {
+        x.conv_transpose1d(
+            &self.w,
+            self.b.as_ref(),
+            [self.geo.stride as i64],
+            [0],
+            [0],
+            self.geo.groups as i64,
+            [1],
+        )
     }
 
     /// x: [1, in, L] → [1, out, L · stride].
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.conv_transpose1d(
-            &self.w,
-            self.b.as_ref(),
-            [self.stride as i64],
-            [0],
-            [0],
-            self.groups as i64,
-            [1],
-        );
-        let (left, right) = transpose_trim(self.kernel, self.stride, self.trim_right_ratio, true);
+        let y = self.full(x);
+        let (left, right) = self.geo.trim(true);
         let len = y.size()[2];
         y.narrow(2, left as i64, len - (left + right) as i64)
     }
@@ -131,16 +134,8 @@ impl ConvTranspose {
     /// miss the next input's contribution: they are kept in `state` (without the bias) and
     /// added to the next chunk's first outputs.
     fn step(&self, x: &Tensor, state: &mut Option<Tensor>) -> Tensor {
-        let y = x.conv_transpose1d(
-            &self.w,
-            self.b.as_ref(),
-            [self.stride as i64],
-            [0],
-            [0],
-            self.groups as i64,
-            [1],
-        );
-        let ov = (self.kernel - self.stride) as i64;
+        let y = self.full(x);
+        let ov = (self.geo.kernel - self.geo.stride) as i64;
         let emit = y.size()[2] - ov;
         if let Some(partial) = state.take() {
             let mut head = y.narrow(2, 0, ov);
@@ -201,20 +196,6 @@ impl Seanet {
         h
     }
 
-    /// How many streaming states [`Seanet::step`] keeps (one per conv).
-    fn state_slots(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                if matches!(l, Layer::Residual(..)) {
-                    2
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-
     /// Streaming [`Seanet::forward`]: `states` holds one slot per conv, in order.
     fn step(&self, x: &Tensor, states: &mut [Option<Tensor>]) -> Tensor {
         let mut h = x.shallow_clone();
@@ -234,23 +215,10 @@ impl Seanet {
     }
 }
 
-struct TLayer {
-    norm1: (Tensor, Tensor),
-    norm2: (Tensor, Tensor),
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    fc1: Tensor,
-    fc2: Tensor,
-    attn_scale: Tensor,
-    mlp_scale: Tensor,
-}
-
 /// Mimi's transformer: pre-LayerNorm, causal attention in a sliding window with split-half
 /// RoPE, exact GELU MLP, layer scale on both residual branches, no final norm.
 struct Transformer {
-    layers: Vec<TLayer>,
+    layers: Vec<MimiLayer<Tensor>>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -265,26 +233,11 @@ impl Transformer {
         let get = |i: usize, leaf: &str| {
             to_tensor(m.weights.get(&format!("{stack}.layers.{i}.{leaf}")), kind)
         };
+        let get = |i: usize, leaf: &str| -> Result<Tensor> { Ok(get(i, leaf)) };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| TLayer {
-                norm1: (
-                    get(i, "input_layernorm.weight"),
-                    get(i, "input_layernorm.bias"),
-                ),
-                norm2: (
-                    get(i, "post_attention_layernorm.weight"),
-                    get(i, "post_attention_layernorm.bias"),
-                ),
-                q: get(i, "self_attn.q_proj.weight"),
-                k: get(i, "self_attn.k_proj.weight"),
-                v: get(i, "self_attn.v_proj.weight"),
-                o: get(i, "self_attn.o_proj.weight"),
-                fc1: get(i, "mlp.fc1.weight"),
-                fc2: get(i, "mlp.fc2.weight"),
-                attn_scale: get(i, "self_attn_layer_scale.scale"),
-                mlp_scale: get(i, "mlp_layer_scale.scale"),
-            })
-            .collect();
+            .map(|i| MimiLayer::load(i, &get, &get))
+            .collect::<Result<Vec<_>>>()
+            .expect("the weights were checked at load");
         Transformer {
             layers,
             heads: cfg.num_attention_heads as i64,
@@ -500,22 +453,7 @@ pub struct TorchMimi {
     decoder: Seanet,
     kind: Kind,
     dtype: DType,
-    stream: Option<TorchStream>,
-}
-
-/// The state of a streamed decode ([`Codec::decode_stream`]): what each causal layer keeps
-/// from the frames already decoded. Its size does not grow with the stream.
-struct TorchStream {
-    /// Codebooks per frame (fixed for the stream).
-    codebooks: usize,
-    /// The upsample's pending outputs.
-    upsample: Option<Tensor>,
-    /// Per decoder-transformer layer: the last `window − 1` keys and values.
-    kv: Vec<(Tensor, Tensor)>,
-    /// Position of the next transformer step.
-    position: i64,
-    /// One slot per SEANet decoder conv.
-    decoder: Vec<Option<Tensor>>,
+    stream: Option<DecodeStream<Tensor>>,
 }
 
 impl TorchMimi {
@@ -523,15 +461,7 @@ impl TorchMimi {
         let _guard = tch::no_grad_guard();
         let kind = kind_of(dtype);
         let cfg = m.config.clone();
-        let k = cfg.resample_kernel();
-        let down = ConvSpec {
-            name: "downsample".into(),
-            in_ch: cfg.hidden_size,
-            out_ch: cfg.hidden_size,
-            kernel: k,
-            stride: 2,
-            dilation: 1,
-        };
+        let down = mimi_downsample(&cfg);
         let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
         Ok(TorchMimi {
             encoder: Seanet::load(m, &encoder_layers(&cfg), kind),
@@ -602,30 +532,22 @@ impl Codec for TorchMimi {
 
     fn decode_stream(&mut self, codes: &[Vec<i32>]) -> Result<Decoded> {
         let _guard = tch::no_grad_guard();
-        let (f, c, flat, invalid_codes) = check_codes(&self.cfg, codes)?;
+        let stream = self.stream.as_ref().map(|s| s.codebooks);
+        let (f, c, flat, invalid_codes) = check_stream_codes(&self.cfg, codes, stream)?;
         if f == 0 {
-            return Ok(Decoded {
-                audio: vec![],
-                invalid_codes,
-            });
+            return Ok(Decoded::nothing(invalid_codes));
         }
-        check_stream(&self.cfg, self.stream.as_ref().map(|s| s.codebooks), c)?;
         let z = self.dequantize(f, c, &flat);
-        let slots = self.decoder.state_slots();
-        let st = self.stream.get_or_insert_with(|| TorchStream {
-            codebooks: c,
-            upsample: None,
-            kv: Vec::new(),
-            position: 0,
-            decoder: (0..slots).map(|_| None).collect(),
-        });
+        let st = self
+            .stream
+            .get_or_insert_with(|| DecodeStream::new(c, &self.cfg));
         let x = self.upsample.step(&z, &mut st.upsample); // [1, D, 2F]
         let n = x.size()[2];
         let x = self
             .decoder_transformer
-            .attend(&x.transpose(1, 2), st.position, Some(&mut st.kv))
+            .attend(&x.transpose(1, 2), st.position as i64, Some(&mut st.kv))
             .transpose(1, 2);
-        st.position += n;
+        st.position += n as usize;
         let audio = self
             .decoder
             .step(&x, &mut st.decoder)
@@ -664,13 +586,7 @@ impl Codec for TorchMimi {
             0,
         );
         let flat = Vec::<f32>::try_from(flat)?;
-        let (lat, codes) = flat.split_at((f * d) as usize);
-        Ok(Encoded {
-            latents: lat.to_vec(),
-            codes: codes
-                .chunks(self.cfg.num_quantizers)
-                .map(|r| r.iter().map(|&x| x as i32).collect())
-                .collect(),
-        })
+        let latents = (f * d) as usize;
+        Ok(encoded_from_host(&flat, latents, self.cfg.num_quantizers))
     }
 }

@@ -1,116 +1,20 @@
-//! The libtorch reference pipeline (tch): CSM written out in plain tensor ops, as Sesame's
-//! PyTorch code computes it (torchtune RoPE on interleaved pairs, Llama-3 frequency scaling).
-use super::{Backend, ExternalSampler, FrameOutput, FrameRequest};
+//! The libtorch reference pipelines (tch): CSM ([`csm`]), a plain Llama LM ([`llama`]) and the
+//! Mimi codec ([`mimi`]), on the shared transformer [`stack`] and [`sampler`]. This file holds
+//! what the libtorch pipelines share about the library itself.
+use crate::backend::common::FrameRows;
+use crate::backend::{FrameOutput, Record};
 use crate::capture::BackendInfo;
-use crate::model::{CsmModel, DType, Frames};
-use crate::sampling::SamplerSpec;
+use crate::model::DType;
 use anyhow::Result;
-use stack::{host_taps, kind_of, tap, to_tensor, Stack};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
+pub mod csm;
 pub mod llama;
 pub mod mimi;
 pub(crate) mod sampler;
 pub(crate) mod stack;
 
-/// CSM on libtorch.
-pub struct TorchCsm {
-    backbone: Stack,
-    decoder: Stack,
-    text_emb: Tensor,
-    audio_emb: Tensor,
-    projection: Tensor,
-    c0_head: Tensor,
-    audio_head: Tensor,
-    codebooks: usize,
-    vocab: usize,
-    kind: Kind,
-    dtype: DType,
-    native_seed: u64,
-    native_step: u64,
-}
-
-impl TorchCsm {
-    pub fn load(model: &CsmModel, dtype: DType) -> Result<Self> {
-        let _guard = tch::no_grad_guard();
-        let kind = kind_of(dtype);
-        let cfg = &model.config;
-        let w = |name: &str| to_tensor(model.weights.get(name), kind);
-        Ok(TorchCsm {
-            backbone: Stack::load(
-                &|n| Ok(to_tensor(model.weights.get(&format!("backbone.{n}")), kind)),
-                &cfg.backbone,
-                true,
-            )?,
-            decoder: Stack::load(
-                &|n| Ok(to_tensor(model.weights.get(&format!("decoder.{n}")), kind)),
-                &cfg.decoder,
-                true,
-            )?,
-            text_emb: w("text_embeddings.weight"),
-            audio_emb: w("audio_embeddings.weight"),
-            projection: w("projection.weight"),
-            c0_head: w("codebook0_head.weight"),
-            audio_head: w("audio_head"),
-            codebooks: cfg.audio_num_codebooks,
-            vocab: cfg.audio_vocab_size,
-            kind,
-            dtype,
-            native_seed: 0,
-            native_step: 0,
-        })
-    }
-
-    /// Sum of the unmasked columns' embeddings: [1, L, D].
-    fn embed(&self, frames: &Frames) -> Tensor {
-        let (l, w, c) = (
-            frames.len() as i64,
-            frames.width as i64,
-            self.codebooks as i64,
-        );
-        let tokens = Tensor::from_slice(&frames.tokens).view([l, w]);
-        let mask = Tensor::from_slice(&frames.mask)
-            .view([l, w, 1])
-            .to_kind(self.kind);
-        let offsets = Tensor::arange(c, (Kind::Int64, Device::Cpu)) * self.vocab as i64;
-        let audio_ids = tokens.narrow(1, 0, c) + offsets.unsqueeze(0);
-        let audio = self
-            .audio_emb
-            .index_select(0, &audio_ids.reshape([-1]))
-            .view([l, c, -1]);
-        let text = self
-            .text_emb
-            .index_select(0, &tokens.select(1, c))
-            .view([l, 1, -1]);
-        (Tensor::cat(&[audio, text], 1) * mask)
-            .sum_dim_intlist(1, false, self.kind)
-            .unsqueeze(0)
-    }
-
-    /// Embedding of audio token(s) `ids` (int64 tensor [n]) of codebook `cb`, projected: [1, n, Dd].
-    fn audio_input(&self, ids: &Tensor, cb: i64) -> Tensor {
-        let e = self
-            .audio_emb
-            .index_select(0, &(ids + cb * self.vocab as i64));
-        e.unsqueeze(0).linear::<Tensor>(&self.projection, None)
-    }
-
-    fn sample(
-        &mut self,
-        logits: &Tensor,
-        spec: &SamplerSpec,
-        uniforms: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        sampler::sample(
-            logits,
-            self.vocab,
-            spec,
-            uniforms,
-            self.native_seed,
-            &mut self.native_step,
-        )
-    }
-}
+pub use csm::TorchCsm;
 
 /// What the libtorch pipeline reports about itself (both model kinds).
 pub(crate) fn info_of(dtype: DType) -> BackendInfo {
@@ -126,161 +30,18 @@ pub(crate) fn info_of(dtype: DType) -> BackendInfo {
     }
 }
 
-impl Backend for TorchCsm {
-    fn info(&self) -> BackendInfo {
-        info_of(self.dtype)
-    }
-
-    fn reset(&mut self, seed: u64) -> Result<()> {
-        self.backbone.reset();
-        self.decoder.reset();
-        self.native_seed = seed;
-        self.native_step = 0;
-        Ok(())
-    }
-
-    fn position(&self) -> usize {
-        self.backbone.pos
-    }
-
-    fn sample_logits(
-        &mut self,
-        logits: &[f32],
-        spec: &SamplerSpec,
-        uniforms: Option<&[f32]>,
-    ) -> Result<(i32, Vec<f32>)> {
-        let _guard = tch::no_grad_guard();
-        crate::backend::check_row(logits, self.vocab)?;
-        let u = uniforms.map(Tensor::from_slice);
-        let (tok, probs) = self.sample(&Tensor::from_slice(logits), spec, u.as_ref())?;
-        Ok((tok.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
-    }
-
-    fn generate_frame_ext(
-        &mut self,
-        req: &FrameRequest,
-        mut external: Option<&mut ExternalSampler>,
-    ) -> Result<FrameOutput> {
-        let _guard = tch::no_grad_guard();
-        let (c, v) = (self.codebooks, self.vocab as i64);
-        req.check(c, self.backbone.pos, self.backbone.f.max_seq_len)?;
-        let uniforms = req
-            .uniforms
-            .map(|u| Tensor::from_slice(u).view([c as i64, v]));
-        let forced = req
-            .forced
-            .map(|f| Tensor::from_slice(f).to_kind(Kind::Int64));
-        let positions = req.input.len();
-        let x = self.embed(req.input);
-        let h_all = self.backbone.forward(&x, true);
-        let h = h_all.select(1, -1); // [1, Db]
-        tap(&mut self.backbone.taps, || "backbone.h_last".into(), &h);
-        let mut sampled = Vec::with_capacity(c);
-        let mut logits_rows = Vec::with_capacity(c);
-        let mut probs_rows = Vec::with_capacity(c);
-        self.decoder.reset();
-        let mut dec_in = Tensor::new();
-        for cb in 0..c {
-            let logits = if cb == 0 {
-                h.linear::<Tensor>(&self.c0_head, None)
-            } else {
-                self.decoder.name_taps(|| format!("decoder.cb{cb}"));
-                let out = self.decoder.forward(&dec_in, true).select(1, -1);
-                self.decoder.move_taps_to(&mut self.backbone.taps);
-                out.matmul(&self.audio_head.get(cb as i64 - 1))
-            }
-            .to_kind(Kind::Float)
-            .view([v]);
-            tap(
-                &mut self.backbone.taps,
-                || format!("head.cb{cb}.logits"),
-                &logits,
-            );
-            let u = uniforms.as_ref().map(|u| u.get(cb as i64));
-            let (tok, probs) = match external.as_mut() {
-                Some(ext) => {
-                    let (t, p) = ext(cb, &Vec::<f32>::try_from(&logits)?)?;
-                    (Tensor::from_slice(&[t as i64]), Tensor::from_slice(&p))
-                }
-                None => self.sample(&logits, req.sampler, u.as_ref())?,
-            };
-            let fed = match &forced {
-                Some(f) => f.narrow(0, cb as i64, 1),
-                None => tok.shallow_clone(),
-            };
-            if cb + 1 < c {
-                let emb = self.audio_input(&fed, cb as i64);
-                dec_in = if cb == 0 {
-                    let hp = h.unsqueeze(1).linear::<Tensor>(&self.projection, None);
-                    Tensor::cat(&[hp, emb], 1)
-                } else {
-                    emb
-                };
-            }
-            sampled.push(tok);
-            logits_rows.push(logits);
-            probs_rows.push(probs);
-        }
-        // One host copy for the frame: tokens, then logits and probs when recorded.
-        let mut parts = vec![Tensor::cat(&sampled, 0).to_kind(Kind::Float)];
-        if req.record.logits {
-            parts.push(Tensor::cat(&logits_rows, 0));
-        }
-        if req.record.probs {
-            parts.push(Tensor::cat(&probs_rows, 0));
-        }
-        let flat: Vec<f32> = Vec::<f32>::try_from(Tensor::cat(&parts, 0))?;
-        Ok(FrameOutput::from_host(
-            &flat, c, self.vocab, req.record, positions,
-        ))
-    }
-
-    fn set_taps(&mut self, on: bool) -> Result<()> {
-        self.backbone.set_taps(on, "backbone");
-        self.decoder.set_taps(on, "decoder");
-        Ok(())
-    }
-
-    fn take_taps(&mut self) -> Result<Vec<super::Tap>> {
-        host_taps(self.backbone.take_taps())
-    }
-
-    fn recompute(&mut self, prefix: &Frames, frames: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
-        let _guard = tch::no_grad_guard();
-        let (c, v) = (self.codebooks as i64, self.vocab as i64);
-        let mut all = prefix.clone();
-        for f in frames {
-            all.extend(&Frames::audio(f, self.vocab)?);
-        }
-        let h_all = self
-            .backbone
-            .forward(&self.embed(&all), false)
-            .squeeze_dim(0); // [T, Db]
-        let p = prefix.len() as i64;
-        let mut out = Vec::with_capacity(frames.len());
-        for (fi, f) in frames.iter().enumerate() {
-            let h = h_all.get(p - 1 + fi as i64).unsqueeze(0); // [1, Db]
-            let c0 = h
-                .linear::<Tensor>(&self.c0_head, None)
-                .to_kind(Kind::Float)
-                .view([1, v]);
-            let ids = Tensor::from_slice(&f[..f.len() - 1]).to_kind(Kind::Int64);
-            let offsets = Tensor::arange(c - 1, (Kind::Int64, Device::Cpu)) * v;
-            let embs = self
-                .audio_emb
-                .index_select(0, &(ids + offsets))
-                .unsqueeze(0);
-            let seq =
-                Tensor::cat(&[h.unsqueeze(1), embs], 1).linear::<Tensor>(&self.projection, None);
-            let dec = self.decoder.forward(&seq, false).squeeze_dim(0); // [C, Dd]
-            let depth = dec
-                .narrow(0, 1, c - 1)
-                .unsqueeze(1)
-                .matmul(&self.audio_head)
-                .squeeze_dim(1);
-            let rows = Tensor::cat(&[c0, depth.to_kind(Kind::Float)], 0);
-            out.push(Vec::<f32>::try_from(rows.reshape([-1]))?);
-        }
-        Ok(out)
-    }
+/// A frame's output, from its rows with one host copy (tokens, then logits and probs when
+/// recorded).
+pub(crate) fn frame_output(
+    rows: FrameRows<Tensor>,
+    record: Record,
+    positions: usize,
+) -> Result<FrameOutput> {
+    let cat = |rows: &[Tensor]| Ok(Tensor::cat(rows, 0));
+    let (codebooks, vocab) = (rows.codebooks(), rows.vocab());
+    let parts = rows.host_parts(record, cat, |t| Ok(t.to_kind(Kind::Float)))?;
+    let flat = Vec::<f32>::try_from(Tensor::cat(&parts, 0))?;
+    Ok(FrameOutput::from_host(
+        &flat, codebooks, vocab, record, positions,
+    ))
 }

@@ -1,5 +1,8 @@
 //! The on-device sampler on libtorch, shared by CSM and Llama: the reference top-k sampler plus
-//! mlx-lm's top-p and min-p filters (see [`crate::sampling`] for the definition).
+//! mlx-lm's top-p and min-p filters (see [`crate::sampling`] for the definition), written as
+//! mlx-lm's `make_sampler` writes it: the steps of [`SamplerSteps`] (greedy; temperature,
+//! top-p/min-p, top-k; probabilities; noise, pick), composed by [`crate::backend::common::sample`].
+use crate::backend::common::SamplerSteps;
 use crate::sampling::{NoiseMode, SamplerSpec};
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -43,47 +46,84 @@ fn nucleus_mask(logits: &Tensor, spec: &SamplerSpec) -> Option<Tensor> {
     keep
 }
 
-/// The sampler on one row of f32 logits [V]: (token [1] int64, probs [V]). Native noise
-/// reseeds libtorch's generator from (`native_seed`, step) and advances `native_step`.
-pub(crate) fn sample(
-    logits: &Tensor,
+/// One pipeline's on-device sampler: its vocabulary and the state of the native noise, (seed,
+/// step): libtorch's generator is reseeded per draw from both.
+pub(crate) struct Sampler {
     vocab: usize,
-    spec: &SamplerSpec,
-    uniforms: Option<&Tensor>,
-    native_seed: u64,
-    native_step: &mut u64,
-) -> Result<(Tensor, Tensor)> {
-    if spec.is_greedy() {
-        let tok = logits.argmax(0, true);
-        let probs =
-            Tensor::zeros([vocab as i64], (Kind::Float, Device::Cpu)).scatter_value(0, &tok, 1.0);
-        return Ok((tok, probs));
+    native: (u64, u64),
+}
+
+impl Sampler {
+    pub(crate) fn new(vocab: usize) -> Result<Self> {
+        let native = (0, 0);
+        Ok(Sampler { vocab, native })
     }
-    let scaled = logits / spec.temperature as f64;
-    let scaled = match nucleus_mask(logits, spec) {
-        Some(keep) => scaled.masked_fill(&keep.logical_not(), f64::NEG_INFINITY),
-        None => scaled,
-    };
-    let kept = match spec.effective_top_k(vocab) {
-        None => scaled,
-        Some(k) => {
-            let (vals, _) = scaled.topk(k as i64, -1, true, true);
-            let kth = vals.narrow(0, k as i64 - 1, 1);
-            let remove = scaled.lt_tensor(&kth);
-            scaled.masked_fill(&remove, f64::NEG_INFINITY)
-        }
-    };
-    let probs = kept.log_softmax(-1, Kind::Float).softmax(-1, Kind::Float);
-    let q = match (spec.noise, uniforms) {
-        (NoiseMode::Shared, Some(u)) => -u.log(),
-        (NoiseMode::Shared, None) => bail!("shared noise needs the harness's uniform draws"),
-        (NoiseMode::Native, _) => {
-            let _lock = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-            let step_seed = crate::sampling::SharedNoise::step_seed(native_seed, *native_step);
-            *native_step += 1;
-            tch::manual_seed(step_seed as i64);
-            probs.empty_like().exponential_(1.0)
-        }
-    };
-    Ok(((&probs / q).argmax(0, true), probs))
+}
+
+impl SamplerSteps for Sampler {
+    type T = Tensor;
+
+    fn greedy(&self, logits: &Tensor) -> Result<(Tensor, Tensor)> {
+        let tok = logits.argmax(0, true);
+        let zeros = Tensor::zeros([self.vocab as i64], (Kind::Float, Device::Cpu));
+        Ok((tok.shallow_clone(), zeros.scatter_value(0, &tok, 1.0)))
+    }
+
+    fn temperature(&self, logits: &Tensor, t: f32) -> Result<Tensor> {
+        Ok(logits / t as f64)
+    }
+
+    fn top_p_min_p(&self, logits: &Tensor, scaled: Tensor, spec: &SamplerSpec) -> Result<Tensor> {
+        Ok(match nucleus_mask(logits, spec) {
+            Some(keep) => scaled.masked_fill(&keep.logical_not(), f64::NEG_INFINITY),
+            None => scaled,
+        })
+    }
+
+    fn top_k(&self, scaled: &Tensor, k: usize) -> Result<Tensor> {
+        let (vals, _) = scaled.topk(k as i64, -1, true, true);
+        let kth = vals.narrow(0, k as i64 - 1, 1);
+        Ok(scaled.masked_fill(&scaled.lt_tensor(&kth), f64::NEG_INFINITY))
+    }
+
+    fn probabilities(&self, kept: &Tensor) -> Result<Tensor> {
+        Ok(kept.log_softmax(-1, Kind::Float).softmax(-1, Kind::Float))
+    }
+
+    fn noise(&mut self, spec: &SamplerSpec, u: Option<&Tensor>, like: &Tensor) -> Result<Tensor> {
+        Ok(match (spec.noise, u) {
+            (NoiseMode::Shared, Some(u)) => -u.log(),
+            (NoiseMode::Shared, None) => bail!("shared noise needs the harness's uniform draws"),
+            (NoiseMode::Native, _) => {
+                // libtorch's generator reseeded from (seed, step), under the lock.
+                let _lock = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                let (seed, step) = self.native;
+                let step_seed = crate::sampling::SharedNoise::step_seed(seed, step);
+                self.native.1 += 1;
+                tch::manual_seed(step_seed as i64);
+                like.empty_like().exponential_(1.0)
+            }
+        })
+    }
+
+    fn pick(&self, probs: &Tensor, q: &Tensor) -> Result<Tensor> {
+        Ok((probs / q).argmax(0, true))
+    }
+
+    fn upload(&self, row: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(row))
+    }
+
+    fn download(&self, token: Tensor, probs: Tensor) -> Result<(i32, Vec<f32>)> {
+        Ok((token.int64_value(&[0]) as i32, Vec::<f32>::try_from(probs)?))
+    }
+
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn reseed(&mut self, seed: u64) -> Result<()> {
+        self.native = (seed, 0);
+        Ok(())
+    }
 }

@@ -1,5 +1,7 @@
 //! A Llama transformer stack with its KV cache, on libtorch: shared by CSM (backbone, depth
 //! decoder) and plain Llama language models.
+pub(crate) use crate::backend::common::tap;
+use crate::backend::common::{self, Shared, Taps};
 use crate::model::{DType, HostTensor, LlamaFlavor};
 use tch::{Device, Kind, Tensor};
 
@@ -21,47 +23,18 @@ pub(crate) fn to_tensor(t: &HostTensor, kind: Kind) -> Tensor {
     out
 }
 
-pub(crate) struct Layer {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    sa_norm: Tensor,
-    mlp_norm: Tensor,
-    w1: Tensor,
-    w2: Tensor,
-    w3: Tensor,
-}
-
-/// A Llama stack with its KV cache.
-pub(crate) struct Stack {
-    pub(crate) layers: Vec<Layer>,
-    pub(crate) norm: Tensor,
-    pub(crate) f: LlamaFlavor,
-    pub(crate) inv_freq: Tensor,
-    pub(crate) cache: Vec<Option<(Tensor, Tensor)>>,
-    pub(crate) pos: usize,
-    /// RoPE on interleaved pairs (torchtune, CSM); false rotates split halves (HF Llama).
-    pub(crate) traditional: bool,
-    /// Activation taps (issue 17): `Some` while recording; names get `tap_prefix`.
-    pub(crate) taps: Option<Vec<(String, Tensor)>>,
-    pub(crate) tap_prefix: String,
-}
-
-/// Records `x` under `name()` when taps are on (the name is only built then).
-pub(crate) fn tap(
-    taps: &mut Option<Vec<(String, Tensor)>>,
-    name: impl FnOnce() -> String,
-    x: &Tensor,
-) {
-    if let Some(t) = taps {
-        t.push((name(), x.shallow_clone()));
+impl Shared for Tensor {
+    fn share(&self) -> Self {
+        self.shallow_clone()
     }
 }
 
+/// The shared stack ([`common::Stack`]) on libtorch tensors.
+pub(crate) type Stack = common::Stack<Tensor>;
+
 /// [`tap`] of a value computed only when taps are on (e.g. a copy of a tensor updated in place).
 pub(crate) fn tap_with(
-    taps: &mut Option<Vec<(String, Tensor)>>,
+    taps: &mut Taps<Tensor>,
     name: impl FnOnce() -> String,
     x: impl FnOnce() -> Tensor,
 ) {
@@ -93,62 +66,8 @@ impl Stack {
         f: &LlamaFlavor,
         traditional: bool,
     ) -> anyhow::Result<Stack> {
-        let mut layers = Vec::new();
-        for i in 0..f.num_layers {
-            layers.push(Layer {
-                q: get(&format!("layers.{i}.attn.q_proj.weight"))?,
-                k: get(&format!("layers.{i}.attn.k_proj.weight"))?,
-                v: get(&format!("layers.{i}.attn.v_proj.weight"))?,
-                o: get(&format!("layers.{i}.attn.output_proj.weight"))?,
-                sa_norm: get(&format!("layers.{i}.sa_norm.scale"))?,
-                mlp_norm: get(&format!("layers.{i}.mlp_norm.scale"))?,
-                w1: get(&format!("layers.{i}.mlp.w1.weight"))?,
-                w2: get(&format!("layers.{i}.mlp.w2.weight"))?,
-                w3: get(&format!("layers.{i}.mlp.w3.weight"))?,
-            });
-        }
-        Ok(Stack {
-            layers,
-            norm: get("norm.scale")?,
-            f: f.clone(),
-            inv_freq: Tensor::from_slice(&f.rope_inv_freq()),
-            cache: (0..f.num_layers).map(|_| None).collect(),
-            pos: 0,
-            traditional,
-            taps: None,
-            tap_prefix: String::new(),
-        })
-    }
-
-    /// Starts (or stops) recording taps named `prefix.…`.
-    pub(crate) fn set_taps(&mut self, on: bool, prefix: &str) {
-        self.taps = on.then(Vec::new);
-        self.tap_prefix = prefix.to_string();
-    }
-
-    /// The taps recorded so far (recording goes on while taps are on).
-    pub(crate) fn take_taps(&mut self) -> Vec<(String, Tensor)> {
-        let on = self.taps.is_some();
-        std::mem::replace(&mut self.taps, on.then(Vec::new)).unwrap_or_default()
-    }
-
-    /// Prefix of the following taps' names (only built while taps are on).
-    pub(crate) fn name_taps(&mut self, prefix: impl FnOnce() -> String) {
-        if self.taps.is_some() {
-            self.tap_prefix = prefix();
-        }
-    }
-
-    /// Appends this stack's recorded taps to `all` (one list in execution order).
-    pub(crate) fn move_taps_to(&mut self, all: &mut Option<Vec<(String, Tensor)>>) {
-        if let (Some(all), Some(mine)) = (all.as_mut(), self.taps.as_mut()) {
-            all.append(mine);
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = None);
-        self.pos = 0;
+        let inv_freq = Tensor::from_slice(&f.rope_inv_freq());
+        Stack::load_with(get, get, f, inv_freq, traditional)
     }
 
     fn rms_norm(&self, x: &Tensor, scale: &Tensor) -> Tensor {
@@ -163,7 +82,7 @@ impl Stack {
     fn rope(&self, x: &Tensor, start: usize) -> Tensor {
         let (b, h, l, hd) = x.size4().unwrap();
         let pos = Tensor::arange_start(start as i64, start as i64 + l, (Kind::Float, Device::Cpu));
-        let angles = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [L, hd/2]
+        let angles = pos.unsqueeze(1) * self.rope_freqs.unsqueeze(0); // [L, hd/2]
         let (cos, sin) = (angles.cos(), angles.sin());
         if !self.traditional {
             let xf = x.to_kind(Kind::Float);
