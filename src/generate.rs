@@ -36,6 +36,9 @@ impl Mode {
 /// The stop reason of a track whose reference ended first (teacher mode).
 pub const REFERENCE_STOPPED: &str = "reference_stopped";
 
+/// The stop rule: the stop reason of a step's sampled tokens, if they end generation.
+pub type StopRule<'a> = &'a dyn Fn(&[i32]) -> Option<&'static str>;
+
 /// What to generate.
 #[derive(Clone, Copy)]
 pub struct Plan<'a> {
@@ -49,7 +52,7 @@ pub struct Plan<'a> {
     /// is fed `forced[f]` at step f, and the loop runs `forced.len()` steps at most.
     pub forced: Option<&'a [Vec<i32>]>,
     /// The stop rule: a track whose sampled tokens give a reason stops (None: never early).
-    pub stop: Option<&'a dyn Fn(&[i32]) -> Option<&'static str>>,
+    pub stop: Option<StopRule<'a>>,
     /// Tokens sampled per step and their vocabulary (the shared noise's shape).
     pub codebooks: usize,
     pub vocab: usize,

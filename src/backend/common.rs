@@ -512,3 +512,16 @@ impl<T> MimiLayer<T> {
         })
     }
 }
+
+/// Mimi's parts, in the order a waveform meets them, each of one library's layer types: the
+/// SEANet encoder, its transformer, the downsampling conv, the semantic and acoustic quantizers,
+/// then the way back (upsampling, the decoder transformer, the SEANet decoder).
+pub(crate) struct MimiNet<Seanet, Transformer, Conv, Quantizer, ConvTranspose> {
+    pub encoder: Seanet,
+    pub encoder_transformer: Transformer,
+    pub downsample: Conv,
+    pub quantizers: [Quantizer; 2],
+    pub upsample: ConvTranspose,
+    pub decoder_transformer: Transformer,
+    pub decoder: Seanet,
+}

@@ -130,8 +130,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Per-frame µs, backbone positions per frame, first token mismatch.
-
 /// Re-scores `run` with `backend` (already loaded from `model`). Writes `opts.out`.
 pub fn rescore(
     model: &Model,

@@ -63,9 +63,7 @@ impl SamplerSpec {
         }
     }
     pub fn new(temperature: f64, top_k: usize, noise: NoiseMode, seed: u64) -> Result<Self> {
-        if !temperature.is_finite() || temperature < 0.0 {
-            bail!("--temp must be a finite number ≥ 0 (0 means greedy), got {temperature}");
-        }
+        check_temperature(temperature).map_err(|e| anyhow::anyhow!("--temp: {e}"))?;
         Ok(SamplerSpec {
             temperature: temperature as f32,
             top_k,
@@ -113,11 +111,22 @@ pub fn parse_top_k(s: &str) -> Result<usize, String> {
 
 /// Parses `--temp`: a finite number ≥ 0.
 pub fn parse_temperature(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        _ => Err(format!(
-            "expected a finite number ≥ 0 (0 = greedy), got {s:?}"
-        )),
+    let t = s
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("expected a finite number ≥ 0 (0 = greedy), got {s:?}"))?;
+    check_temperature(t)
+}
+
+/// The one check of a temperature, wherever it comes from (a flag, a sweep grid, a gate
+/// config, a run's manifest): a finite number ≥ 0, 0 meaning greedy.
+pub fn check_temperature(t: f64) -> Result<f64, String> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(t)
+    } else {
+        Err(format!(
+            "expected a finite number ≥ 0 (0 = greedy), got {t}"
+        ))
     }
 }
 

@@ -2,11 +2,12 @@
 //! acts at one named point of the computation, where CSM, Llama or the sampler calls its hook;
 //! with no fault (or another one) set, a hook passes its input through unchanged. The pipelines
 //! otherwise read as the libtorch reference does.
-use super::sampler;
 use super::stack::Stack;
 use crate::faults::Fault;
 use crate::model::Frames;
 use anyhow::{bail, Result};
+use mlx_rs::ops::argpartition_axis;
+use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::{Array, Dtype};
 use std::borrow::Cow;
 
@@ -105,10 +106,24 @@ pub(crate) fn temperature(fault: Option<Fault>, t: f32) -> f32 {
 }
 
 /// The sampler's top-k step: `top_k`, or exactly k survivors under `topk-exact`.
-pub(crate) fn top_k(fault: Option<Fault>, top_k: sampler::TopK) -> sampler::TopK {
+pub(crate) fn top_k(fault: Option<Fault>, top_k: TopK) -> TopK {
     if fault == Some(Fault::TopkExact) {
-        sampler::top_k_exact
+        top_k_exact
     } else {
         top_k
     }
+}
+
+/// A top-k step: (scaled logits, k) → the kept logits, −inf elsewhere.
+pub(crate) type TopK = fn(&Array, usize) -> Result<Array>;
+
+/// Exactly k survivors: the k positions argpartition puts first (the `topk-exact` fault).
+fn top_k_exact(scaled: &Array, k: usize) -> Result<Array> {
+    let v = scaled.dim(0);
+    let neg_inf = Array::from_f32(f32::NEG_INFINITY);
+    let idx = argpartition_axis(scaled.negative()?, k as i32 - 1, 0)?;
+    let idx = take_axis(&idx, Array::arange::<i32, i32>(None, k as i32, None)?, 0)?;
+    let vals = take_axis(scaled, &idx, 0)?;
+    let base = Array::full::<f32>(&[v], &neg_inf)?;
+    Ok(base.put_along_axis(&idx, &vals, 0)?)
 }

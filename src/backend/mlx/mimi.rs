@@ -7,7 +7,7 @@ use crate::backend::codec::{
     check_codes, check_stream_codes, check_wave, Codec, CodecFault, Decoded, Encoded,
 };
 use crate::backend::common::{
-    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, MimiNet, TransposeGeometry,
 };
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
@@ -531,13 +531,7 @@ impl Quantizer {
 /// Mimi on MLX.
 pub struct MlxMimi {
     cfg: MimiConfig,
-    encoder: Seanet,
-    encoder_transformer: Transformer,
-    downsample: Conv,
-    quantizers: [Quantizer; 2],
-    upsample: ConvTranspose,
-    decoder_transformer: Transformer,
-    decoder: Seanet,
+    net: MimiNet<Seanet, Transformer, Conv, Quantizer, ConvTranspose>,
     dt: Dtype,
     dtype: DType,
     faults: Faults,
@@ -563,19 +557,20 @@ impl MlxMimi {
     pub fn load(m: &MimiModel, dtype: DType) -> Result<Self> {
         let dt = mlx_dtype(dtype);
         let cfg = m.config.clone();
-        let down = mimi_downsample(&cfg);
         let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
         Ok(MlxMimi {
-            encoder: Seanet::load(m, &encoder_layers(&cfg), dt)?,
-            encoder_transformer: Transformer::load(m, "encoder_transformer", dt)?,
-            downsample: Conv::load(m, &down, dt, false, PadMode::Replicate)?,
-            quantizers: [
-                Quantizer::load(m, g0, f0, n0, dt)?,
-                Quantizer::load(m, g1, f1, n1, dt)?,
-            ],
-            upsample: ConvTranspose::load(m, "upsample", dt, false, 2, cfg.upsample_groups)?,
-            decoder_transformer: Transformer::load(m, "decoder_transformer", dt)?,
-            decoder: Seanet::load(m, &decoder_layers(&cfg), dt)?,
+            net: MimiNet {
+                encoder: Seanet::load(m, &encoder_layers(&cfg), dt)?,
+                encoder_transformer: Transformer::load(m, "encoder_transformer", dt)?,
+                downsample: Conv::load(m, &mimi_downsample(&cfg), dt, false, PadMode::Replicate)?,
+                quantizers: [
+                    Quantizer::load(m, g0, f0, n0, dt)?,
+                    Quantizer::load(m, g1, f1, n1, dt)?,
+                ],
+                upsample: ConvTranspose::load(m, "upsample", dt, false, 2, cfg.upsample_groups)?,
+                decoder_transformer: Transformer::load(m, "decoder_transformer", dt)?,
+                decoder: Seanet::load(m, &decoder_layers(&cfg), dt)?,
+            },
             cfg,
             dt,
             dtype,
@@ -588,7 +583,7 @@ impl MlxMimi {
     /// The quantized latents [1, F, hidden] of code frames (flat [F × C], sanitized).
     fn dequantize(&self, f: usize, c: usize, flat: &[i32]) -> Result<Array> {
         let codes = Array::from_slice(flat, &[f as i32, c as i32]);
-        let [sem, aco] = &self.quantizers;
+        let [sem, aco] = &self.net.quantizers;
         let mut z = sem
             .decode(&codes)?
             .expect("at least the semantic codebooks");
@@ -619,9 +614,10 @@ impl Codec for MlxMimi {
             });
         }
         let z = self.dequantize(f, c, &flat)?;
-        let x = self.upsample.forward(&z, self.faults)?; // [1, 2F, D]
-        let x = self.decoder_transformer.forward(&x, self.faults)?;
+        let x = self.net.upsample.forward(&z, self.faults)?; // [1, 2F, D]
+        let x = self.net.decoder_transformer.forward(&x, self.faults)?;
         let audio = self
+            .net
             .decoder
             .forward(&x, self.faults)?
             .reshape(&[-1])?
@@ -655,9 +651,9 @@ impl Codec for MlxMimi {
         let st = self
             .stream
             .get_or_insert_with(|| DecodeStream::new(c, &self.cfg));
-        let x = self.upsample.step(&z, &mut st.upsample)?; // [1, 2F, D]
+        let x = self.net.upsample.step(&z, &mut st.upsample)?; // [1, 2F, D]
         let n = x.dim(1);
-        let x = self.decoder_transformer.attend(
+        let x = self.net.decoder_transformer.attend(
             &x,
             st.position as i32,
             Some(&mut st.kv),
@@ -665,6 +661,7 @@ impl Codec for MlxMimi {
         )?;
         st.position += n as usize;
         let audio = self
+            .net
             .decoder
             .step(&x, &mut st.decoder)?
             .reshape(&[-1])?
@@ -680,15 +677,15 @@ impl Codec for MlxMimi {
     fn encode(&mut self, wave: &[f32]) -> Result<Encoded> {
         check_wave(wave)?;
         let x = Array::from_slice(wave, &[1, wave.len() as i32, 1]).as_dtype(self.dt)?;
-        let x = self.encoder.forward(&x, self.faults)?; // [1, L, D]
-        let x = self.encoder_transformer.forward(&x, self.faults)?;
-        let latents = self.downsample.forward(&x, self.faults)?;
+        let x = self.net.encoder.forward(&x, self.faults)?; // [1, L, D]
+        let x = self.net.encoder_transformer.forward(&x, self.faults)?;
+        let latents = self.net.downsample.forward(&x, self.faults)?;
         let (f, d) = (latents.dim(1), latents.dim(2));
         let latents = latents.reshape(&[f, d])?;
         let codes = concatenate(
             &[
-                self.quantizers[0].encode(&latents)?,
-                self.quantizers[1].encode(&latents)?,
+                self.net.quantizers[0].encode(&latents)?,
+                self.net.quantizers[1].encode(&latents)?,
             ],
             1,
         )?;
@@ -712,7 +709,7 @@ impl Codec for MlxMimi {
             CodecFault::NoSlidingWindow => self.faults.no_window = true,
             CodecFault::TanhGelu => self.faults.tanh_gelu = true,
             CodecFault::TransposedConvAxes => {
-                for layer in &mut self.decoder.layers {
+                for layer in &mut self.net.decoder.layers {
                     if let Layer::ConvTranspose(ct) = layer {
                         ct.w = transposed_weight(&ct.w_src, ct.geo.groups as i32, true)?;
                     }

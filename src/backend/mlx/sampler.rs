@@ -7,7 +7,6 @@ use crate::backend::common::SamplerSteps;
 use crate::faults::Fault;
 use crate::sampling::{NoiseMode, SamplerSpec};
 use anyhow::{bail, Result};
-use mlx_rs::ops::argpartition_axis;
 use mlx_rs::ops::indexing::{argmax_axis, take_axis, topk_axis};
 use mlx_rs::ops::{argsort_axis, concatenate, select, softmax_axis};
 use mlx_rs::{random, Array, Dtype};
@@ -137,9 +136,6 @@ impl SamplerSteps for Sampler {
     }
 }
 
-/// A top-k step: (scaled logits, k) → the kept logits, −inf elsewhere.
-pub(crate) type TopK = fn(&Array, usize) -> Result<Array>;
-
 /// The reference top-k: every entry at or above the k-th largest value (ties kept).
 fn top_k(scaled: &Array, k: usize) -> Result<Array> {
     let kth = topk_axis(scaled, k as i32, 0)?.min(None)?;
@@ -148,15 +144,4 @@ fn top_k(scaled: &Array, k: usize) -> Result<Array> {
         scaled,
         Array::from_f32(f32::NEG_INFINITY),
     )?)
-}
-
-/// Exactly k survivors: the k positions argpartition puts first (the `topk-exact` fault).
-pub(crate) fn top_k_exact(scaled: &Array, k: usize) -> Result<Array> {
-    let v = scaled.dim(0);
-    let neg_inf = Array::from_f32(f32::NEG_INFINITY);
-    let idx = argpartition_axis(scaled.negative()?, k as i32 - 1, 0)?;
-    let idx = take_axis(&idx, Array::arange::<i32, i32>(None, k as i32, None)?, 0)?;
-    let vals = take_axis(scaled, &idx, 0)?;
-    let base = Array::full::<f32>(&[v], &neg_inf)?;
-    Ok(base.put_along_axis(&idx, &vals, 0)?)
 }

@@ -4,7 +4,7 @@
 use super::stack::{kind_of, to_tensor};
 use crate::backend::codec::{check_codes, check_stream_codes, check_wave, Codec, Decoded, Encoded};
 use crate::backend::common::{
-    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, TransposeGeometry,
+    encoded_from_host, mimi_downsample, DecodeStream, MimiLayer, MimiNet, TransposeGeometry,
 };
 use crate::capture::BackendInfo;
 use crate::model::mimi::{
@@ -444,13 +444,7 @@ impl Quantizer {
 /// Mimi on libtorch.
 pub struct TorchMimi {
     cfg: MimiConfig,
-    encoder: Seanet,
-    encoder_transformer: Transformer,
-    downsample: Conv,
-    quantizers: [Quantizer; 2],
-    upsample: ConvTranspose,
-    decoder_transformer: Transformer,
-    decoder: Seanet,
+    net: MimiNet<Seanet, Transformer, Conv, Quantizer, ConvTranspose>,
     kind: Kind,
     dtype: DType,
     stream: Option<DecodeStream<Tensor>>,
@@ -461,19 +455,20 @@ impl TorchMimi {
         let _guard = tch::no_grad_guard();
         let kind = kind_of(dtype);
         let cfg = m.config.clone();
-        let down = mimi_downsample(&cfg);
         let [(g0, f0, n0), (g1, f1, n1)] = quantizer_groups(&cfg);
         Ok(TorchMimi {
-            encoder: Seanet::load(m, &encoder_layers(&cfg), kind),
-            encoder_transformer: Transformer::load(m, "encoder_transformer", kind),
-            downsample: Conv::load(m, &down, kind, false, PadMode::Replicate),
-            quantizers: [
-                Quantizer::load(m, g0, f0, n0, kind),
-                Quantizer::load(m, g1, f1, n1, kind),
-            ],
-            upsample: ConvTranspose::load(m, "upsample", kind, false, 2, cfg.upsample_groups),
-            decoder_transformer: Transformer::load(m, "decoder_transformer", kind),
-            decoder: Seanet::load(m, &decoder_layers(&cfg), kind),
+            net: MimiNet {
+                encoder: Seanet::load(m, &encoder_layers(&cfg), kind),
+                encoder_transformer: Transformer::load(m, "encoder_transformer", kind),
+                downsample: Conv::load(m, &mimi_downsample(&cfg), kind, false, PadMode::Replicate),
+                quantizers: [
+                    Quantizer::load(m, g0, f0, n0, kind),
+                    Quantizer::load(m, g1, f1, n1, kind),
+                ],
+                upsample: ConvTranspose::load(m, "upsample", kind, false, 2, cfg.upsample_groups),
+                decoder_transformer: Transformer::load(m, "decoder_transformer", kind),
+                decoder: Seanet::load(m, &decoder_layers(&cfg), kind),
+            },
             cfg,
             kind,
             dtype,
@@ -486,7 +481,7 @@ impl TorchMimi {
         let codes = Tensor::from_slice(flat)
             .view([f as i64, c as i64])
             .to_kind(Kind::Int64);
-        let [sem, aco] = &self.quantizers;
+        let [sem, aco] = &self.net.quantizers;
         let mut z = sem.decode(&codes).expect("at least the semantic codebooks");
         if let Some(a) = aco.decode(&codes) {
             z = std::ops::Add::add(z, a);
@@ -513,12 +508,18 @@ impl Codec for TorchMimi {
                 invalid_codes,
             });
         }
-        let x = self.upsample.forward(&self.dequantize(f, c, &flat)); // [1, D, 2F]
+        let x = self.net.upsample.forward(&self.dequantize(f, c, &flat)); // [1, D, 2F]
         let x = self
+            .net
             .decoder_transformer
             .forward(&x.transpose(1, 2))
             .transpose(1, 2);
-        let audio = self.decoder.forward(&x).reshape([-1]).to_kind(Kind::Float);
+        let audio = self
+            .net
+            .decoder
+            .forward(&x)
+            .reshape([-1])
+            .to_kind(Kind::Float);
         // The one host copy of the audio.
         Ok(Decoded {
             audio: Vec::<f32>::try_from(audio)?,
@@ -541,14 +542,16 @@ impl Codec for TorchMimi {
         let st = self
             .stream
             .get_or_insert_with(|| DecodeStream::new(c, &self.cfg));
-        let x = self.upsample.step(&z, &mut st.upsample); // [1, D, 2F]
+        let x = self.net.upsample.step(&z, &mut st.upsample); // [1, D, 2F]
         let n = x.size()[2];
         let x = self
+            .net
             .decoder_transformer
             .attend(&x.transpose(1, 2), st.position as i64, Some(&mut st.kv))
             .transpose(1, 2);
         st.position += n as usize;
         let audio = self
+            .net
             .decoder
             .step(&x, &mut st.decoder)
             .reshape([-1])
@@ -563,16 +566,22 @@ impl Codec for TorchMimi {
         let _guard = tch::no_grad_guard();
         check_wave(wave)?;
         let x = Tensor::from_slice(wave).view([1, 1, -1]).to_kind(self.kind);
-        let x = self.encoder.forward(&x); // [1, D, L]
+        let x = self.net.encoder.forward(&x); // [1, D, L]
         let x = self
+            .net
             .encoder_transformer
             .forward(&x.transpose(1, 2))
             .transpose(1, 2);
-        let latents = self.downsample.forward(&x).squeeze_dim(0).transpose(0, 1); // [F, D]
+        let latents = self
+            .net
+            .downsample
+            .forward(&x)
+            .squeeze_dim(0)
+            .transpose(0, 1); // [F, D]
         let codes = Tensor::cat(
             &[
-                self.quantizers[0].encode(&latents),
-                self.quantizers[1].encode(&latents),
+                self.net.quantizers[0].encode(&latents),
+                self.net.quantizers[1].encode(&latents),
             ],
             1,
         );

@@ -21,13 +21,8 @@ pub struct GateConfig {
 }
 
 fn nonneg_temp<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    let t = f64::deserialize(d)?;
-    if !t.is_finite() || t < 0.0 {
-        return Err(serde::de::Error::custom(format!(
-            "temperature: expected a finite number ≥ 0 (0 = greedy), got {t}"
-        )));
-    }
-    Ok(t)
+    crate::sampling::check_temperature(f64::deserialize(d)?)
+        .map_err(|e| serde::de::Error::custom(format!("temperature: {e}")))
 }
 
 fn dtype<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {

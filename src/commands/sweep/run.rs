@@ -146,7 +146,12 @@ pub fn run_sweep_with(
         keep_runs: exec.keep_runs,
         candidate: candidate.cloned(),
     };
-    let bar = progress_bar(exec.progress, in_shard as u64, reused as u64);
+    let bar = crate::util::progress_bar(
+        exec.progress,
+        in_shard as u64,
+        reused as u64,
+        "sweep jobs (cell × seed × text)",
+    );
     let work = dir.join("work");
     let workers = exec.workers.clamp(1, todo.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -205,22 +210,6 @@ pub fn run_sweep_with(
     let st = stats(t0.elapsed().as_secs_f64());
     output::write_all(dir, &result, Some(&st))?;
     Ok((st, Some(result)))
-}
-
-fn progress_bar(enabled: bool, len: u64, done: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() || len == 0 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} sweep jobs {pos}/{len} (cell × seed × text) {wide_bar} {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(done);
-    bar
 }
 
 /// Every job result of `spec` stored in `dir`, in job order; errors naming the missing jobs.

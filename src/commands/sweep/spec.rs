@@ -44,9 +44,7 @@ impl SweepSpec {
             bail!("--max-frames: expected at least 1");
         }
         for &t in &self.temperatures {
-            if !t.is_finite() || t < 0.0 {
-                bail!("--temps: expected finite numbers ≥ 0, got {t}");
-            }
+            crate::sampling::check_temperature(t).map_err(|e| anyhow::anyhow!("--temps: {e}"))?;
         }
         let mut t = self.temperatures.clone();
         t.sort_by(f64::total_cmp);
