@@ -2,6 +2,7 @@
 //! generate, capture, analysis, report) to do one user-facing job.
 pub mod bisect;
 pub mod capture;
+pub mod codec;
 pub mod conform;
 pub mod conform_mimi;
 pub mod gate;

@@ -142,6 +142,16 @@ impl std::ops::Deref for Model {
     }
 }
 
+/// The family of the model in `dir`, from its config.json: `llama` when it says
+/// `model_type: llama`, else `csm`.
+pub fn kind_of_dir(dir: &Path) -> &'static str {
+    if llama::is_llama_dir(dir) {
+        <LlamaModel as Open>::KIND
+    } else {
+        <CsmModel as Open>::KIND
+    }
+}
+
 /// The tokenizer of a model directory: `explicit` (`--tokenizer FILE`, which must exist), else
 /// `dir/tokenizer.json` when present, else none.
 pub fn load_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<Option<PromptTokenizer>> {

@@ -11,7 +11,6 @@ use super::report::GateReport;
 use crate::analysis::DiffOptions;
 use crate::backend::BackendKind;
 use crate::capture::{Run, Storage};
-use crate::cli::common::{ModelArgs, ModelKindChoice};
 use crate::commands::capture::{capture_with, load_backends, CaptureOptions, Mode};
 use crate::commands::sweep::candidate::{
     check_template, judge_candidate, run_candidate_cmd, CandidateJob,
@@ -90,15 +89,17 @@ pub fn run_outside_gate(
             config.display()
         );
     }
-    let model_args = ModelArgs {
-        model: cfg.model.clone(),
-        tokenizer: None,
-        dtype: cfg.run.dtype.parse()?,
+    let dtype: crate::model::DType = cfg.run.dtype.parse()?;
+    let dir = match &cfg.model {
+        Some(d) if !d.is_dir() => bail!("gate config: model {}: not a directory", d.display()),
+        Some(d) => d.clone(),
+        None => crate::model::fixture::ensure_default_fixture()?,
     };
-    let loaded = model_args.load_any(ModelKindChoice::Auto, None)?;
+    crate::model::require_tokenizer(&dir, None)?;
+    let loaded = Model::open(crate::model::kind_of_dir(&dir), &dir, None)?;
     let model = &loaded;
     let model_dir = model.dir().display().to_string();
-    let mut backends = load_backends(model, &[BackendKind::Torch], model_args.dtype)?;
+    let mut backends = load_backends(model, &[BackendKind::Torch], dtype)?;
     let work = std::env::temp_dir().join(format!("csm-parity-gate-outside-{}", std::process::id()));
     let result = (|| -> Result<Vec<OutsideJob>> {
         let mut jobs = Vec::new();
