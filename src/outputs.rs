@@ -98,11 +98,14 @@ fn is_fixture(dir: &Path) -> bool {
         .is_some_and(|v| v.get("fixture_version").is_some())
 }
 
+/// The `format` of a run manifest: what marks a run directory as this tool's.
+pub const RUN_FORMAT_NAME: &str = "csm-parity-run";
+
 /// `Some(complete)` when `dir/manifest.json` is a csm-parity run manifest.
 fn run_status(dir: &Path) -> Option<bool> {
     let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    (v.get("format")?.as_str()? == crate::capture::FORMAT_NAME)
+    (v.get("format")?.as_str()? == RUN_FORMAT_NAME)
         .then(|| v.get("status").and_then(|s| s.as_str()) == Some("complete"))
 }
 

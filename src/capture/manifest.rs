@@ -3,8 +3,8 @@ use serde::{Deserialize, Serialize};
 
 /// Run format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Value of `manifest.format`.
-pub const FORMAT_NAME: &str = "csm-parity-run";
+/// Value of `manifest.format` (defined with the rest of what marks this tool's outputs).
+pub use crate::outputs::RUN_FORMAT_NAME as FORMAT_NAME;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {

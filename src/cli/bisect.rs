@@ -47,7 +47,7 @@ pub fn run(a: BisectArgs) -> Result<i32> {
         },
     )?;
     if let Some(dir) = &a.report {
-        let out = crate::report::bisect::write_report_dir(&report, dir)?;
+        let out = crate::commands::bisect::report::write_report_dir(&report, dir)?;
         eprintln!("report written to {}", out.join("index.html").display());
     }
     if a.json {

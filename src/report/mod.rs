@@ -1,7 +1,6 @@
 //! Output of `csm-parity diff`: terminal summary, JSON, markdown, one-page HTML with plots.
 
 pub mod audio;
-pub mod bisect;
 pub mod html;
 pub mod markdown;
 pub mod plots;

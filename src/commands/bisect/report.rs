@@ -1,7 +1,7 @@
 //! The bisect report: relative error of every activation tap in execution order, on a log scale
 //! with the tolerance as a line and the first breach in red, plus the tap table.
-use super::plots::ensure_font;
-use crate::commands::bisect::BisectReport;
+use super::BisectReport;
+use crate::report::plots::ensure_font;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! every activation tap at that step in both, and names the first layer and operation whose
 //! output departs beyond its tolerance (relative to the tensor's scale), with the table of every
 //! tap so the jump is visible (issue 17). Polygraphy's idea, for an MLX port.
+pub mod report;
+
 use crate::analysis::{self, DiffOptions};
 use crate::backend::{self, Backend, BackendKind, Record, Tap};
 use crate::capture::Run;
